@@ -1,0 +1,41 @@
+# `make run`  - set up a fresh Debian machine and start the daemon on the embedded defaults
+# `make test` - set up and run every test (unit and integration with real peers)
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?= ./var
+DEB_TEST_PKGS := sip-tester baresip-core
+DEB_BASE_PKGS := python3-venv openssl
+
+.PHONY: run test venv deb-test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	@command -v python3 >/dev/null || (apt-get update && apt-get install -y python3)
+	@python3 -c 'import venv, ensurepip' 2>/dev/null || (apt-get update && apt-get install -y python3-venv)
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,fast]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian packages for the real test peers; apt-get update only when something is missing.
+deb-test:
+	@missing=""; for p in $(DEB_TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+run: venv
+	$(VENV)/bin/appliance run --data $(DATA)
+
+test: venv deb-test
+	$(VENV)/bin/ruff check appliance tests
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: venv
+	$(VENV)/bin/ruff check appliance tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info
