@@ -1,0 +1,420 @@
+"""Digest authentication: RFC 2617 / RFC 7616 vectors, header round trips, server verdicts."""
+
+import base64
+
+import pytest
+
+import appliance.sip.digest as digest
+from appliance.sip.digest import (
+    Challenge,
+    Credentials,
+    DigestError,
+    DigestServer,
+    Verdict,
+    answer_challenge,
+    compute_ha1,
+    compute_response,
+    compute_response_ha1,
+    parse_challenge,
+    parse_credentials,
+    select_challenge,
+)
+
+T0 = 1_700_000_000.0
+REALM = "office.example"
+USERS = {"alice": "s3cret", "bob": 'pa"ss\\word'}
+lookup = USERS.get
+
+# --- RFC vectors ---------------------------------------------------------------------------------
+
+RFC2617_AUTHORIZATION = (
+    'Digest username="Mufasa",\r\n'
+    '     realm="testrealm@host.com",\r\n'
+    '     nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",\r\n'
+    '     uri="/dir/index.html",\r\n'
+    "     qop=auth,\r\n"
+    "     nc=00000001,\r\n"
+    '     cnonce="0a4f113b",\r\n'
+    '     response="6629fae49393a05397450978507c4ef1",\r\n'
+    '     opaque="5ccc069c403ebaf9f0171e9517f40e41"'
+)
+
+RFC7616_AUTHORIZATION = (
+    'Digest username="Mufasa",\r\n'
+    '    realm="http-auth@example.org",\r\n'
+    '    uri="/dir/index.html",\r\n'
+    "    algorithm=SHA-256,\r\n"
+    '    nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",\r\n'
+    "    nc=00000001,\r\n"
+    '    cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",\r\n'
+    "    qop=auth,\r\n"
+    '    response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",\r\n'
+    '    opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+)
+
+
+def test_rfc2617_md5_example():
+    creds = parse_credentials(RFC2617_AUTHORIZATION)
+    assert creds.algorithm == "MD5" and creds.qop == "auth" and creds.nc == "00000001"
+    got = compute_response(
+        "MD5", "Mufasa", "testrealm@host.com", "Circle Of Life", "GET", "/dir/index.html",
+        creds.nonce, "auth", "00000001", "0a4f113b",
+    )  # fmt: skip
+    assert got == creds.response == "6629fae49393a05397450978507c4ef1"
+
+
+def test_rfc7616_sha256_example():
+    creds = parse_credentials(RFC7616_AUTHORIZATION)
+    assert creds.algorithm == "SHA-256"
+    got = compute_response(
+        "SHA-256", "Mufasa", "http-auth@example.org", "Circle of Life", "GET", "/dir/index.html",
+        creds.nonce, creds.qop, creds.nc, creds.cnonce,
+    )  # fmt: skip
+    assert got == creds.response
+    assert got == "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+
+
+def test_rfc7616_md5_example_and_ha1_variant():
+    args = ("GET", "/dir/index.html", "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", "auth")
+    tail = ("00000001", "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ")
+    ha1 = compute_ha1("MD5", "Mufasa", "http-auth@example.org", "Circle of Life")
+    assert compute_response_ha1("md5", ha1, *args, *tail) == "8ca523f5e9506fed4657c9700eebdbec"
+
+
+def test_answer_challenge_reproduces_rfc2617():
+    challenge = parse_challenge(
+        'Digest realm="testrealm@host.com", qop="auth,auth-int", '
+        'nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41"'
+    )
+    assert challenge.qop == ["auth", "auth-int"] and challenge.algorithm == "MD5"
+    creds = answer_challenge(
+        challenge, "GET", "/dir/index.html", "Mufasa", "Circle Of Life", cnonce="0a4f113b"
+    )
+    expected = parse_credentials(RFC2617_AUTHORIZATION)
+    assert _fields(creds) == _fields(expected) | {"params": {}}
+    assert parse_credentials(creds.to_header()).response == "6629fae49393a05397450978507c4ef1"
+
+
+def test_sess_variant_and_no_qop():
+    sess = compute_response(
+        "MD5-sess", "u", "r", "p", "REGISTER", "sip:r", "n", "auth", "00000001", "c"
+    )
+    ha1 = compute_ha1("MD5", "u", "r", "p")
+    assert sess == compute_response_ha1(
+        "MD5-sess", ha1, "REGISTER", "sip:r", "n", "auth", "00000001", "c"
+    )
+    assert sess != compute_response(
+        "MD5", "u", "r", "p", "REGISTER", "sip:r", "n", "auth", "00000001", "c"
+    )
+    with pytest.raises(DigestError):
+        compute_response("SHA-256-sess", "u", "r", "p", "REGISTER", "sip:r", "n")  # no cnonce
+    with pytest.raises(DigestError):
+        compute_response("SHA-512", "u", "r", "p", "REGISTER", "sip:r", "n")
+    with pytest.raises(DigestError):
+        compute_response(
+            "MD5", "u", "r", "p", "REGISTER", "sip:r", "n", "auth-int", "00000001", "c"
+        )
+
+
+# --- parsing and formatting ----------------------------------------------------------------------
+
+
+def test_parse_challenge_fields_and_lenient_whitespace():
+    c = parse_challenge(
+        '  dIgEsT\trealm = "atlanta.com" ,domain="sip:ss1.carrier.com",, '
+        'NONCE=abc123, algorithm=sha-256-SESS, stale=true, qop=auth , opaque=""'
+    )
+    assert (c.realm, c.nonce, c.algorithm, c.qop) == (
+        "atlanta.com",
+        "abc123",
+        "SHA-256-sess",
+        ["auth"],
+    )
+    assert c.stale is True and c.opaque == ""
+    assert c.params["domain"] == "sip:ss1.carrier.com"
+    assert parse_challenge('Digest realm="r", nonce="n", stale=FALSE').stale is False
+
+
+def test_quoted_strings_with_escapes_and_commas():
+    c = parse_challenge(r'Digest realm="a \"quoted\", realm\\x", nonce="n,1"')
+    assert c.realm == 'a "quoted", realm\\x' and c.nonce == "n,1"
+    assert c.to_header() == r'Digest realm="a \"quoted\", realm\\x", nonce="n,1", algorithm=MD5'
+    back = parse_challenge(c.to_header())
+    assert (back.realm, back.nonce) == (c.realm, c.nonce)
+
+
+def _fields(obj) -> dict:
+    return {f: getattr(obj, f) for f in obj.__slots__}
+
+
+def test_challenge_canonical_format_and_round_trip():
+    c = Challenge("biloxi.com", "n0nce", "SHA-256", ["auth"], opaque="op", stale=True)
+    header = c.to_header()
+    assert header == (
+        'Digest realm="biloxi.com", nonce="n0nce", opaque="op", stale=TRUE, algorithm=SHA-256, '
+        'qop="auth"'
+    )
+    back = parse_challenge(header)
+    assert (back.realm, back.nonce, back.algorithm, back.qop, back.opaque, back.stale) == (
+        "biloxi.com", "n0nce", "SHA-256", ["auth"], "op", True,
+    )  # fmt: skip
+    assert parse_challenge(back.to_header()).to_header() == header
+
+
+def test_credentials_canonical_format_and_round_trip():
+    creds = Credentials(
+        username='b"o\\b', realm="biloxi.com", nonce="n", uri="sip:bob@biloxi.com",
+        response="ab" * 16, qop="auth", cnonce="0a4f113b", nc="00000001", opaque="op",
+    )  # fmt: skip
+    header = creds.to_header()
+    assert header == (
+        'Digest username="b\\"o\\\\b", realm="biloxi.com", nonce="n", uri="sip:bob@biloxi.com", '
+        f'response="{"ab" * 16}", algorithm=MD5, cnonce="0a4f113b", opaque="op", qop=auth, '
+        "nc=00000001"
+    )
+    back = parse_credentials(header)
+    assert _fields(back) | {"params": {}} == _fields(creds)
+    assert back.to_header() == header
+
+
+def test_unknown_params_are_kept_and_rendered():
+    c = parse_challenge('Digest realm="r", nonce="n", charset=UTF-8, userhash=false, foo="x y"')
+    assert c.params["charset"] == "UTF-8"
+    assert c.to_header().endswith(', charset=UTF-8, userhash=false, foo="x y"')
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "Digest",
+        'Basic realm="r", nonce="n"',
+        'Digest realm="r"',  # no nonce
+        'Digest realm="r, nonce="n"',  # unterminated quote
+        'Digest realm="r" nonce="n"',  # missing comma
+        'Digest realm="r", nonce="n", realm="x"',  # duplicate
+        'Digest realm=, nonce="n"',
+        'Digest realm="r", nonce="n", Basic',
+        'Digest realm="r"x, nonce="n"',
+        "Digest =x",
+    ],
+)
+def test_parse_challenge_rejects_garbage(value):
+    with pytest.raises(DigestError):
+        parse_challenge(value)
+    assert issubclass(DigestError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'Digest username="u", realm="r", nonce="n", uri="sip:r"',  # no response
+        'Digest username="u", realm="r", nonce="n", uri="sip:r", response="x", qop=auth',
+        'Digest username="u", realm="r", nonce="n", uri="sip:r", response="x", qop=auth, '
+        'cnonce="c", nc=1',  # nc must be 8LHEX
+    ],
+)
+def test_parse_credentials_rejects_garbage(value):
+    with pytest.raises(DigestError):
+        parse_credentials(value)
+
+
+def test_no_header_injection():
+    with pytest.raises(DigestError):
+        Challenge("r\r\nVia: evil", "n").to_header()
+
+
+def test_pathological_input_is_fast():
+    # possessive regexes: no catastrophic backtracking on long unterminated input
+    with pytest.raises(DigestError):
+        parse_challenge('Digest realm="' + "\\a" * 50_000)
+    with pytest.raises(DigestError):
+        parse_challenge("Digest " + "a=b, " * 10_000 + "=")
+
+
+# --- client helpers -----------------------------------------------------------------------------
+
+
+def test_answer_challenge_generates_cnonce_and_formats_nc():
+    c = Challenge(REALM, "n", "SHA-256", ["auth"])
+    a, b = (
+        answer_challenge(c, "REGISTER", "sip:x", "alice", "pw", nc=0x1F),
+        answer_challenge(c, "REGISTER", "sip:x", "alice", "pw"),
+    )
+    assert a.nc == "0000001f" and a.cnonce and a.cnonce != b.cnonce and a.qop == "auth"
+    legacy = answer_challenge(Challenge(REALM, "n"), "REGISTER", "sip:x", "alice", "pw")
+    assert legacy.qop is legacy.nc is legacy.cnonce is None
+    with pytest.raises(DigestError):
+        answer_challenge(Challenge(REALM, "n", qop=["auth-int"]), "INVITE", "sip:x", "a", "p")
+
+
+def test_select_challenge_takes_topmost_supported():
+    md5, sha = Challenge("r", "n", "MD5"), Challenge("r", "n", "SHA-256")
+    assert select_challenge([Challenge("r", "n", "SHA-512-256"), sha, md5]) is sha
+    with pytest.raises(DigestError):
+        select_challenge([])
+
+
+# --- server --------------------------------------------------------------------------------------
+
+
+def make_server(**kw) -> DigestServer:
+    return DigestServer(REALM, secret=b"k" * 32, **kw)
+
+
+def login(server, user="alice", password=None, now=T0, alg="SHA-256", nc=1, method="REGISTER"):
+    challenge = next(c for c in server.challenges(now) if c.algorithm == alg)
+    pw = USERS[user] if password is None else password
+    return answer_challenge(challenge, method, f"sip:{REALM}", user, pw, nc=nc)
+
+
+def test_challenge_list_order_and_shape():
+    challenges = make_server().challenges(T0)
+    assert [c.algorithm for c in challenges] == ["SHA-256", "MD5"]
+    assert all(c.qop == ["auth"] and c.realm == REALM and not c.stale for c in challenges)
+    assert challenges[0].nonce == challenges[1].nonce
+    assert challenges[0].to_header().startswith(f'Digest realm="{REALM}", nonce="')
+    assert all(c.stale for c in make_server().challenges(T0, stale=True))
+    assert make_server().challenges(T0)[0].nonce != challenges[0].nonce  # salted
+
+
+@pytest.mark.parametrize("alg", ["SHA-256", "MD5"])
+def test_good_credentials_ok_for_both_algorithms(alg):
+    server = make_server()
+    creds = login(server, alg=alg)
+    assert server.verify(creds, "REGISTER", lookup, T0 + 1) is Verdict.OK
+    # through the wire format too, with a user needing escapes
+    creds = parse_credentials(login(server, user="bob", alg=alg).to_header())
+    assert server.verify(creds, "REGISTER", lookup, T0 + 1) is Verdict.OK
+
+
+def test_wrong_password_and_unknown_user_fail_identically(monkeypatch):
+    server = make_server()
+    bad_password, unknown_user = login(server, password="nope"), login(server, user="alice")
+    calls = []
+    real = digest.compute_response
+    monkeypatch.setattr(digest, "compute_response", lambda *a: calls.append(a) or real(*a))
+    wrong = server.verify(bad_password, "REGISTER", lookup, T0)
+    unknown = server.verify(unknown_user, "REGISTER", {}.get, T0)
+    assert wrong is unknown is Verdict.FAIL
+    assert len(calls) == 2  # the unknown user still costs a full response computation
+    assert calls[1][3] not in ("", None)  # ...against a dummy password
+
+
+def test_wrong_method_realm_or_algorithm_fail():
+    server = make_server()
+    creds = login(server)
+    assert server.verify(creds, "INVITE", lookup, T0) is Verdict.FAIL
+    other = DigestServer("elsewhere", secret=b"k" * 32)
+    assert other.verify(creds, "REGISTER", lookup, T0) is Verdict.FAIL
+    sha_only = make_server(algorithms=("SHA-256",))
+    assert sha_only.verify(login(server, alg="MD5"), "REGISTER", lookup, T0) is Verdict.FAIL
+    assert [c.algorithm for c in sha_only.challenges(T0)] == ["SHA-256"]
+
+
+def test_uri_is_hashed_not_compared():
+    server = make_server()
+    challenge = server.challenges(T0)[0]
+    creds = answer_challenge(challenge, "INVITE", "sip:rewritten@proxy", "alice", "s3cret")
+    assert server.verify(creds, "INVITE", lookup, T0) is Verdict.OK
+    creds.uri = "sip:other@proxy"  # changing uri after the fact breaks the hash
+    creds.nc = "00000002"
+    assert server.verify(creds, "INVITE", lookup, T0) is Verdict.FAIL
+
+
+def test_expired_nonce_with_right_password_is_stale():
+    server = make_server(nonce_ttl=60.0)
+    creds = login(server, now=T0)
+    assert server.verify(creds, "REGISTER", lookup, T0 + 61) is Verdict.STALE
+    assert server.verify(login(server, password="x"), "REGISTER", lookup, T0 + 61) is Verdict.FAIL
+    assert server.verify(creds, "REGISTER", lookup, T0 - 5) is Verdict.STALE  # clock stepped back
+    fresh = login(server, now=T0 + 61)
+    assert server.verify(fresh, "REGISTER", lookup, T0 + 61) is Verdict.OK
+
+
+def test_forged_or_tampered_nonce_fails():
+    server = make_server()
+    creds = login(server)
+    raw = bytearray(base64.urlsafe_b64decode(creds.nonce))
+    raw[0] ^= 1  # shift the timestamp
+    for nonce in (
+        base64.urlsafe_b64encode(bytes(raw)).decode(),
+        creds.nonce[:-1],
+        creds.nonce + "A",
+        "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+        creds.nonce.replace(creds.nonce[5], "+" if creds.nonce[5] != "+" else "/"),
+    ):
+        forged = answer_challenge(
+            Challenge(REALM, nonce, "SHA-256", ["auth"]), "REGISTER", f"sip:{REALM}", "alice",
+            "s3cret",
+        )  # fmt: skip
+        assert server.verify(forged, "REGISTER", lookup, T0) is Verdict.FAIL
+    # a different secret (another box, or restarted with a new key) does not accept it either
+    assert DigestServer(REALM).verify(creds, "REGISTER", lookup, T0) is Verdict.FAIL
+
+
+def test_nonce_count_replay_protection():
+    server = make_server()
+    challenge = server.challenges(T0)[0]
+
+    def use(nc: int) -> Verdict:
+        creds = answer_challenge(challenge, "REGISTER", f"sip:{REALM}", "alice", "s3cret", nc=nc)
+        return server.verify(creds, "REGISTER", lookup, T0 + nc)
+
+    assert use(1) is Verdict.OK
+    assert use(1) is Verdict.FAIL  # exact replay
+    assert use(2) is Verdict.OK
+    assert use(5) is Verdict.OK  # gaps are fine
+    assert use(3) is Verdict.FAIL  # going backwards is not
+    bad = answer_challenge(challenge, "REGISTER", f"sip:{REALM}", "alice", "s3cret", nc=9)
+    bad.nc = "00000000"
+    assert server.verify(bad, "REGISTER", lookup, T0) is Verdict.FAIL
+
+
+def test_same_timestamp_nonces_are_tracked_separately():
+    server = make_server()
+    a, b = login(server), login(server)  # two clients, challenged at the same instant
+    assert a.nonce != b.nonce
+    assert server.verify(a, "REGISTER", lookup, T0) is Verdict.OK
+    assert server.verify(b, "REGISTER", lookup, T0) is Verdict.OK
+
+
+def test_rfc2069_style_credentials_allowed_unless_disabled():
+    server = make_server()
+    nonce = server.challenges(T0)[0].nonce
+    legacy = answer_challenge(
+        Challenge(REALM, nonce, "MD5"), "REGISTER", "sip:x", "alice", "s3cret"
+    )
+    assert legacy.qop is None
+    assert server.verify(legacy, "REGISTER", lookup, T0) is Verdict.OK
+    assert server.verify(legacy, "REGISTER", lookup, T0 + 1) is Verdict.OK  # reuse within TTL
+    assert server.verify(legacy, "REGISTER", lookup, T0 + 301) is Verdict.STALE
+    strict = make_server(allow_no_qop=False)
+    assert strict.verify(legacy, "REGISTER", lookup, T0) is Verdict.FAIL
+
+
+def test_sess_algorithm_server():
+    server = make_server(algorithms=("sha-256-sess", "MD5"))
+    assert [c.algorithm for c in server.challenges(T0)] == ["SHA-256-sess", "MD5"]
+    assert server.verify(login(server, alg="SHA-256-sess"), "REGISTER", lookup, T0) is Verdict.OK
+
+
+def test_replay_table_expires_and_is_bounded():
+    server = make_server(nonce_ttl=10.0, max_nonces=8)
+    first = login(server, now=T0)
+    assert server.verify(first, "REGISTER", lookup, T0) is Verdict.OK
+    for i in range(50):
+        now = T0 + i * 0.1
+        assert server.verify(login(server, now=now), "REGISTER", lookup, now) is Verdict.OK
+        assert server.tracked_nonces <= 8
+    # `first` was evicted: a replay cannot slip through, it is told to re-challenge instead
+    assert server.verify(first, "REGISTER", lookup, T0 + 5) is Verdict.STALE
+    # after the TTL everything old is purged on the next insert
+    now = T0 + 100
+    assert server.verify(login(server, now=now), "REGISTER", lookup, now) is Verdict.OK
+    assert server.tracked_nonces == 1
+
+
+def test_server_rejects_unsupported_algorithm():
+    with pytest.raises(DigestError):
+        DigestServer(REALM, algorithms=("SHA-512",))
