@@ -19,7 +19,7 @@ __all__ = [
     "ParseError", "Headers", "Message", "Request", "Response", "NameAddr", "Via",
     "parse_message", "validate_request", "validate_response", "StreamFramer",
     "KEEPALIVE", "parse_name_addr", "parse_via", "split_list", "canonical_name",
-    "SUPPORTED_EXTENSIONS", "REASONS",
+    "SUPPORTED_EXTENSIONS", "REASONS", "make_response", "unsupported_options",
 ]
 
 SIP_VERSION = "SIP/2.0"
@@ -339,6 +339,7 @@ def parse_name_addr(value: str, where: str = "header") -> NameAddr:
         else:
             # addr-spec: parameters after the first ';' belong to the header (§20.10).
             uri, semi, params = s.partition(";")
+            uri = uri.rstrip(" \t")
             if " " in uri or "\t" in uri or "?" in uri or "," in uri:
                 raise ParseError(f"Malformed URI in {where}")
             return NameAddr(uri, None, _parse_params(semi + params, where) if semi else {})
@@ -736,6 +737,30 @@ def validate_response(resp: Response) -> str | None:
     except ParseError as e:
         return e.reason
     return None
+
+
+def make_response(request: Request, status: int, reason: str | None = None,
+                  to_tag: str | None = None, body: bytes = b"",
+                  content_type: str | None = None) -> Response:
+    """§8.2.6: a response copying Via, From, To (adding our tag), Call-ID and CSeq."""
+    h = Headers()
+    src = request.headers
+    for k, v in src._items:
+        if k == "via":
+            h._items.append([k, v])
+    for name in ("from", "to", "call-id", "cseq"):
+        v = src.get(name)
+        if v is not None:
+            if name == "to" and to_tag and ";tag=" not in v.replace(" ", "").lower():
+                v = f"{v};tag={to_tag}"
+            h._items.append([name, v])
+    if status == 100:
+        ts = src.get("timestamp")  # §8.2.6.1
+        if ts is not None:
+            h._items.append(["timestamp", ts])
+    if content_type:
+        h._items.append(["content-type", content_type])
+    return Response(status, reason, h, body)
 
 
 def unsupported_options(req: Request) -> list[str]:

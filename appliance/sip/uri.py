@@ -243,8 +243,8 @@ def parse_uri(text: str) -> URI:
 
 
 def _parse_sip(scheme: str, rest: str) -> SipURI:
-    rest, q, headers = rest.partition("?")
-    at = rest.rfind("@")
+    # userinfo ends at the first '@' (it may itself hold '?', ';' and ':'; §25.1 user).
+    at = rest.find("@")
     user = password = None
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1 :]
@@ -252,6 +252,7 @@ def _parse_sip(scheme: str, rest: str) -> SipURI:
             raise URIError("empty user part")
         user, c, pw = userinfo.partition(":")
         password = pw if c else None
+    rest, q, headers = rest.partition("?")
     hostport, _, params_s = rest.partition(";")
     host, port = _parse_host_port(hostport)
     params = _parse_params(params_s) if params_s else {}
