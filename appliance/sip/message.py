@@ -787,6 +787,11 @@ class StreamFramer:
     def __init__(self) -> None:
         self._buf = bytearray()
 
+    @property
+    def pending(self) -> bytes:
+        """Bytes received but not yet framed (what a framing error was about)."""
+        return bytes(self._buf)
+
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
         buf += data

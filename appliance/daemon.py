@@ -1,0 +1,169 @@
+"""`appliance run`: wire configuration, SIP endpoint and PBX into one asyncio loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from pathlib import Path
+
+from . import systemd
+from .bus import Bus, ExtensionUnregistered
+from .pbx.core import Pbx
+from .pbx.location import Location
+from .sip.endpoint import Endpoint
+from .sip.transaction import Timers
+from .store.atomic import atomic_write
+from .store.certs import ensure_certificate
+from .store.config import Config, ConfigError, ConfigStore
+
+log = logging.getLogger("appliance")
+
+SHUTDOWN_GRACE = 3.0  # seconds to wait for BYE answers on SIGTERM
+
+
+def setup_logging(level: str, sip_trace: bool) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    trace = logging.getLogger("appliance.sip.trace")
+    trace.setLevel(logging.INFO if sip_trace else logging.WARNING)
+
+
+def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 is negotiated when offered
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def _nonce_secret(data: Path) -> bytes:
+    """The digest nonce key persists so that nonces stay valid across a restart."""
+    path = data / "nonce.key"
+    try:
+        secret = path.read_bytes()
+        if len(secret) >= 32:
+            return secret
+    except OSError:
+        pass
+    secret = os.urandom(32)
+    atomic_write(path, secret)
+    return secret
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(getattr(args, "log_level", "info"), getattr(args, "sip_trace", False))
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    store = ConfigStore(data)
+    cfg, created = store.ensure()  # ConfigError propagates to the CLI (exit 1)
+    if created:
+        print("First start: created", store.path, "with these extensions:", flush=True)
+        for number, ext in cfg.extensions.items():
+            print(f"  extension {number}  password {ext.password}", flush=True)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(Daemon(args, store, cfg).serve())
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    return 0
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace, store: ConfigStore, cfg: Config) -> None:
+        self.args = args
+        self.store = store
+        self.cfg = cfg
+        self.data = Path(args.data)
+        self.stop = asyncio.Event()
+
+    def _listen_spec(self) -> tuple[str, int, int, int]:
+        a, s = self.args, self.cfg.sip
+        bind = a.bind or s.bind
+        udp = a.sip_port if a.sip_port is not None else s.udp_port
+        tcp = a.sip_port if a.sip_port is not None else s.tcp_port
+        tls = a.tls_port if a.tls_port is not None else s.tls_port
+        return bind, udp, tcp, tls
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        s = self.cfg.sip
+        timers = Timers(s.t1_ms / 1000, s.t2_ms / 1000, s.t4_ms / 1000)
+        endpoint = Endpoint(timers, trace=bool(getattr(self.args, "sip_trace", False)))
+        bind, udp, tcp, tls = self._listen_spec()
+        cert, key = await loop.run_in_executor(None, ensure_certificate, self.data)
+        ports = await endpoint.start(bind, udp, tcp, tls, server_ssl_context(cert, key))
+        bus = Bus()
+        location = Location(self.data / "registrations.json")
+        restored = location.load(time.time())
+        pbx = Pbx(endpoint, self.cfg, location, bus, _nonce_secret(self.data))
+        endpoint.tu = pbx
+        self.pbx = pbx
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        log.info("listening on %s: udp %d, tcp %d, tls %d; %d extensions, %d registrations "
+                 "restored; ready in %.2f s", bind, ports["udp"], ports["tcp"], ports["tls"],
+                 len(self.cfg.extensions), restored, time.monotonic() - started)
+        systemd.notify("READY=1\nSTATUS=serving")
+        tasks = [loop.create_task(self._housekeeping(pbx, location, bus))]
+        interval = systemd.watchdog_interval()
+        if interval:
+            tasks.append(loop.create_task(self._watchdog(interval / 2)))
+        await self.stop.wait()
+
+        log.info("shutting down")
+        systemd.notify("STOPPING=1")
+        ended = pbx.hang_up_all()
+        if ended:
+            log.info("ending %d call(s)", ended)
+            deadline = loop.time() + SHUTDOWN_GRACE
+            while loop.time() < deadline and pbx.outstanding_byes():
+                await asyncio.sleep(0.05)
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(OSError):
+            await loop.run_in_executor(None, location.save)
+        await endpoint.close()
+
+    async def _watchdog(self, every: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(every)
+
+    async def _housekeeping(self, pbx: Pbx, location: Location, bus: Bus) -> None:
+        """Once a second: config edits, registration expiry and persistence."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                new = self.store.poll()
+            except ConfigError as e:
+                log.error("config.yaml changed but is invalid, keeping the running one: %s", e)
+                new = None
+            if new is not None:
+                log.info("config.yaml reloaded: %d extensions", len(new.extensions))
+                self.cfg = new
+                pbx.config = new
+            for aor, b in location.expire(time.time()):
+                bus.publish(ExtensionUnregistered(aor, b.contact, "expired"))
+            if location.dirty:
+                snapshot = location.snapshot()
+                try:
+                    await loop.run_in_executor(None, location.save, snapshot)
+                except OSError as e:
+                    log.error("cannot save registrations: %s", e)
+            pbx.endpoint.transports.close_idle()

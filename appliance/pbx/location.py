@@ -1,0 +1,132 @@
+"""The location service (RFC 3261 §10.2, §10.3): extension → contact bindings.
+
+Bindings remember the flow a phone registered over (transport, source address
+and stream connection) so that calls reach phones behind NAT and reuse their
+TCP/TLS connection. They are kept in memory and written to `registrations.json`
+(atomically) shortly after a change, so they survive a restart; expiry times
+are wall-clock for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..sip.transaction import Peer
+from ..store.atomic import atomic_write
+
+log = logging.getLogger("appliance.location")
+
+
+@dataclass(slots=True)
+class Binding:
+    contact: str             # the Contact URI as the phone sent it
+    expires_at: float        # wall-clock seconds
+    call_id: str
+    cseq: int
+    peer: Peer               # the flow the REGISTER arrived over
+    q: float = 1.0
+    path: list[str] = field(default_factory=list)  # RFC 3327 Path, used as Route
+    user_agent: str = ""
+
+    def expires_in(self, now: float) -> int:
+        return max(0, int(round(self.expires_at - now)))
+
+    def to_json(self) -> dict:
+        p = self.peer
+        return {"contact": self.contact, "expires_at": self.expires_at, "call_id": self.call_id,
+                "cseq": self.cseq, "transport": p.transport, "host": p.host, "port": p.port,
+                "q": self.q, "path": self.path, "user_agent": self.user_agent}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Binding:
+        return cls(d["contact"], float(d["expires_at"]), d["call_id"], int(d["cseq"]),
+                   Peer(d["transport"], d["host"], int(d["port"])), float(d.get("q", 1.0)),
+                   list(d.get("path", [])), d.get("user_agent", ""))
+
+
+class Location:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._bindings: dict[str, dict[str, Binding]] = {}
+        self.dirty = False
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._bindings.values())
+
+    def bindings(self, aor: str, now: float) -> list[Binding]:
+        """Live bindings of an extension, highest q first (expired ones dropped)."""
+        found = self._bindings.get(aor)
+        if not found:
+            return []
+        live = [b for b in found.values() if b.expires_at > now]
+        if len(live) != len(found):
+            for key in [k for k, b in found.items() if b.expires_at <= now]:
+                del found[key]
+            self.dirty = True
+        live.sort(key=lambda b: -b.q)
+        return live
+
+    def get(self, aor: str, contact: str) -> Binding | None:
+        return self._bindings.get(aor, {}).get(contact)
+
+    def put(self, aor: str, binding: Binding) -> None:
+        self._bindings.setdefault(aor, {})[binding.contact] = binding
+        self.dirty = True
+
+    def remove(self, aor: str, contact: str) -> Binding | None:
+        found = self._bindings.get(aor)
+        if not found:
+            return None
+        b = found.pop(contact, None)
+        if not found:
+            del self._bindings[aor]
+        self.dirty = True
+        return b
+
+    def remove_all(self, aor: str) -> list[Binding]:
+        self.dirty = True
+        return list(self._bindings.pop(aor, {}).values())
+
+    def aors(self) -> list[str]:
+        return list(self._bindings)
+
+    def expire(self, now: float) -> list[tuple[str, Binding]]:
+        """Drop expired bindings; returns what was dropped."""
+        gone: list[tuple[str, Binding]] = []
+        for aor in list(self._bindings):
+            found = self._bindings[aor]
+            for key in [k for k, b in found.items() if b.expires_at <= now]:
+                gone.append((aor, found.pop(key)))
+            if not found:
+                del self._bindings[aor]
+        if gone:
+            self.dirty = True
+        return gone
+
+    # -- persistence ----------------------------------------------------------
+    def snapshot(self) -> bytes:
+        self.dirty = False
+        data = {aor: [b.to_json() for b in found.values()]
+                for aor, found in self._bindings.items()}
+        return json.dumps({"version": 1, "bindings": data}, separators=(",", ":")).encode()
+
+    def save(self, data: bytes | None = None) -> None:
+        if self.path is not None:
+            atomic_write(self.path, data if data is not None else self.snapshot())
+
+    def load(self, now: float) -> int:
+        if self.path is None or not self.path.exists():
+            return 0
+        try:
+            raw = json.loads(self.path.read_bytes())
+            for aor, items in raw.get("bindings", {}).items():
+                for d in items:
+                    b = Binding.from_json(d)
+                    if b.expires_at > now:
+                        self._bindings.setdefault(aor, {})[b.contact] = b
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            log.warning("ignoring unreadable %s: %s", self.path, e)
+        return len(self)

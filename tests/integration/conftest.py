@@ -1,0 +1,89 @@
+"""Start the real daemon on loopback for integration tests."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.peers.ports import free_port
+from tests.peers.procs import Proc, wait_until
+
+PASSWORDS = {"100": "pw-100-secret", "101": "pw-101-secret", "102": "pw-102-secret",
+             "103": "pw-103-secret"}
+
+
+@dataclass
+class Daemon:
+    proc: Proc
+    data: Path
+    port: int
+    tls_port: int
+    passwords: dict[str, str] = field(default_factory=lambda: dict(PASSWORDS))
+    host: str = "127.0.0.1"
+
+    def log(self) -> str:
+        return self.proc.stderr() + self.proc.stdout()
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+        wait_until(lambda: text in self.log(), timeout, what=f"daemon log line {text!r}")
+
+    def remote(self, transport: str = "udp") -> str:
+        return f"{self.host}:{self.tls_port if transport == 'tls' else self.port}"
+
+
+def write_config(data: Path, **sip: object) -> None:
+    cfg = {
+        "version": 1,
+        "system": {"language": "en", "name": "test"},
+        "sip": {"min_expires": 10, "ring_timeout": 30, **sip},
+        "extensions": {n: {"password": p, "name": f"Ext {n}"} for n, p in PASSWORDS.items()},
+    }
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def start_daemon(data: Path, logdir: Path, *, trace: bool = True,
+                 port: int | None = None, tls_port: int | None = None) -> Daemon:
+    port = port or free_port("both")
+    tls_port = tls_port or free_port("tcp")
+    argv = [sys.executable, "-m", "appliance", "run", "--data", str(data),
+            "--bind", "127.0.0.1", "--sip-port", str(port), "--tls-port", str(tls_port)]
+    if trace:
+        argv.append("--sip-trace")
+    proc = Proc(argv, logdir=logdir, name=f"daemon-{port}")
+    d = Daemon(proc, data, port, tls_port)
+    try:
+        wait_until(lambda: "listening on" in d.log() or not proc.alive(), 20,
+                   what="daemon start")
+        if not proc.alive():
+            raise RuntimeError(f"daemon exited:\n{d.log()}")
+    except BaseException:
+        proc.stop()
+        raise
+    return d
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator:
+    started: list[Daemon] = []
+
+    def make(**sip: object) -> Daemon:
+        data = tmp_path / f"data{len(started)}"
+        write_config(data, **sip)
+        d = start_daemon(data, tmp_path / "logs")
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.proc.stop()
+
+
+@pytest.fixture
+def daemon(daemon_factory) -> Daemon:
+    return daemon_factory()
