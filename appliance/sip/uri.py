@@ -6,6 +6,7 @@ parsed on the hot path of every request.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
 __all__ = ["URIError", "SipURI", "TelURI", "AbsoluteURI", "URI", "parse_uri", "unescape"]
@@ -15,9 +16,9 @@ class URIError(ValueError):
     """A URI that does not follow the grammar of RFC 3261 §25.1 or RFC 3966."""
 
 
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
-_BAD_URI_CHARS = frozenset(" \t\r\n<>\"")
+_BAD_URI_RE = re.compile(r"[ \t\r\n<>\"]")
+_HOST_RE = re.compile(r"[A-Za-z0-9\-.]+")
 
 
 def unescape(text: str) -> str:
@@ -210,7 +211,7 @@ def _parse_host_port(text: str) -> tuple[str, int | None]:
     else:
         host, colon, port_s = text.partition(":")
         rest = colon + port_s
-        if not host or any(c not in _HOST_CHARS for c in host):
+        if _HOST_RE.fullmatch(host) is None:
             raise URIError(f"bad host {host!r}")
     if not rest:
         return host, None
@@ -231,7 +232,7 @@ def parse_uri(text: str) -> URI:
     if any(c not in _SCHEME_CHARS for c in scheme) or not scheme[0].isalpha():
         raise URIError(f"bad scheme in {text!r}")
     rest = text[colon + 1 :]
-    if any(c in _BAD_URI_CHARS for c in rest):
+    if _BAD_URI_RE.search(rest):
         raise URIError(f"illegal character in URI {text!r}")
     if scheme in ("sip", "sips"):
         return _parse_sip(scheme, rest)
