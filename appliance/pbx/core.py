@@ -46,7 +46,8 @@ class Pbx:
         self.location = location
         self.bus = bus
         realm = config.sip.domain or "appliance"
-        self.digest = DigestServer(realm, secret or secrets.token_bytes(32))
+        self.digest = DigestServer(realm, secret or secrets.token_bytes(32),
+                                   algorithms=tuple(config.sip.auth_algorithms))
         self.registrar = Registrar(self)
         self.calls: set[Call] = set()
         # (Call-ID, our tag) → the call leg that dialog belongs to

@@ -119,6 +119,18 @@ def _domain(value: Any, raw: str | None) -> str | None:
     raise _Invalid(f"must be a host name, an IP address or null (any), got {_show(value)}")
 
 
+DIGEST_ALGORITHMS = ("MD5", "SHA-256")
+
+
+def _algorithms(value: Any, raw: str | None) -> list[str]:
+    """Digest algorithms to challenge with, most preferred first (RFC 8760 §2.4)."""
+    if (not isinstance(value, list) or not value
+            or any(v not in DIGEST_ALGORITHMS for v in value) or len(set(value)) != len(value)):
+        raise _Invalid(f"must be a list of distinct values from {', '.join(DIGEST_ALGORITHMS)}, "
+                       f"got {_show(value)}")
+    return list(value)
+
+
 def _number(value: Any, raw: str | None) -> str:
     if not is_extension_number(value):
         raise _Invalid(f"extension numbers must be 2-8 digits, got {_show(value)}")
@@ -168,6 +180,10 @@ class SipConfig:
     default_expires: int = _leaf(3600, integer(1, 604_800))
     ring_timeout: int = _leaf(60, integer(1, 600))
     user_agent: str = _leaf("appliance", text(1, 128))
+    # MD5 first: many phones (and SIPp 3.6) answer the first challenge even when they
+    # cannot compute it; an installer with SHA-256-capable phones may put SHA-256 first.
+    auth_algorithms: list[str] = field(
+        default_factory=lambda: ["MD5", "SHA-256"], metadata={"check": _algorithms})
 
     RULES: ClassVar[list[Rule]] = [
         ("tls_port", lambda s: s.tls_port != s.tcp_port, "must differ from sip.tcp_port"),
