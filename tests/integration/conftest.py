@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.peers.fixtures import baresip_factory, sipp_background  # noqa: F401
 from tests.peers.ports import free_port
 from tests.peers.procs import Proc, wait_until
 

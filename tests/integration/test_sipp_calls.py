@@ -1,0 +1,145 @@
+"""Calls between extensions through the daemon (B2BUA), SIPp on both ends."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.peers import rawsip
+from tests.peers.sipp import run_sipp, scenario
+
+pytestmark = pytest.mark.integration
+
+TRANSPORTS = ["u1", "t1", "l1"]
+
+
+def _remote(daemon, transport: str) -> str:
+    return daemon.remote("tls" if transport == "l1" else "udp")
+
+
+def _callee(sipp_background, daemon, transport, role="uas_callee", user="101", **keys):
+    callee = sipp_background.uas(role, _remote(daemon, transport), transport=transport,
+                                 keys={"user": user, "password": daemon.passwords[user], **keys})
+    callee.wait_registered(10)
+    return callee
+
+
+def _call(daemon, transport, tmp_path, name="uac_call", callee="101", **keys):
+    return run_sipp(scenario(name), _remote(daemon, transport), transport=transport,
+                    keys={"user": "100", "password": daemon.passwords["100"],
+                          "callee": callee, **keys},
+                    workdir=tmp_path / name, timeout=40)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_call_answered_and_hung_up(daemon, sipp_background, transport, tmp_path) -> None:
+    callee = _callee(sipp_background, daemon, transport)
+    caller = _call(daemon, transport, tmp_path)
+    caller.check()
+    callee.wait(15).check()
+
+    # The caller was challenged (407) before the call went anywhere.
+    assert caller.received(status=407)
+    # The callee saw a B2BUA leg: a new Call-ID, our Contact, the caller's SDP unchanged.
+    invite_in = callee.snapshot().received(method="INVITE")[0]
+    invite_out = [m for m in caller.sent(method="INVITE") if m.header("proxy-authorization")][0]
+    assert invite_in.call_id != invite_out.call_id
+    assert invite_in.body == invite_out.body
+    assert invite_in.header("from").startswith('"Ext 100" <sip:100@')
+    # The caller's ACK and BYE went to the daemon's Contact from the 200.
+    ok = caller.last_response("INVITE")
+    assert ok.status == 200
+    assert f":{daemon.tls_port if transport == 'l1' else daemon.port}" in ok.header("contact")
+    assert caller.received(status=180)
+    bye_in = callee.snapshot().received(method="BYE")
+    assert len(bye_in) == 1
+    daemon.wait_log("ended: hangup")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cancel_before_answer(daemon, sipp_background, transport, tmp_path) -> None:
+    callee = _callee(sipp_background, daemon, transport, role="uas_ring_forever")
+    caller = _call(daemon, transport, tmp_path, name="uac_cancel")
+    caller.check()
+    callee.wait(15).check()
+    assert caller.received(status=487)
+    assert callee.snapshot().received(method="CANCEL")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_busy(daemon, sipp_background, transport, tmp_path) -> None:
+    callee = _callee(sipp_background, daemon, transport, role="uas_busy")
+    caller = _call(daemon, transport, tmp_path, name="uac_expect_status", expect_status=486)
+    caller.check()
+    callee.wait(15).check()
+    assert caller.last_response("INVITE").status == 486
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_not_registered_gets_480(daemon, transport, tmp_path) -> None:
+    caller = _call(daemon, transport, tmp_path, name="uac_expect_status", callee="102",
+                   expect_status=480)
+    caller.check()
+
+
+def test_unknown_number_gets_404(daemon, tmp_path) -> None:
+    caller = _call(daemon, "u1", tmp_path, name="uac_expect_status", callee="555",
+                   expect_status=404)
+    caller.check()
+
+
+def test_nobody_answers_gets_408(daemon_factory, sipp_background, tmp_path) -> None:
+    daemon = daemon_factory(ring_timeout=2)
+    callee = _callee(sipp_background, daemon, "u1", role="uas_ring_forever")
+    start = time.monotonic()
+    caller = _call(daemon, "u1", tmp_path, name="uac_expect_status", expect_status=408)
+    caller.check()
+    assert time.monotonic() - start >= 2
+    # The ringing phone was cancelled when the ring time ran out.
+    callee.wait(15).check()
+    assert callee.snapshot().received(method="CANCEL")
+
+
+def test_parallel_fork_to_every_contact(daemon, sipp_background, tmp_path) -> None:
+    """Two phones on one extension: both ring; the first to answer gets the call and
+    the other is cancelled."""
+    ringer = _callee(sipp_background, daemon, "u1", role="uas_ring_forever")
+    answerer = _callee(sipp_background, daemon, "t1", role="uas_callee", answer_ms=300)
+    caller = _call(daemon, "u1", tmp_path)
+    caller.check()
+    answerer.wait(15).check()
+    ringer.wait(15).check()
+    assert ringer.snapshot().received(method="INVITE")
+    assert ringer.snapshot().received(method="CANCEL")
+
+
+def test_options_to_the_server(daemon) -> None:
+    with rawsip.SipClient("udp", ("127.0.0.1", daemon.port)) as c:
+        req = rawsip.build_request(
+            "OPTIONS", "sip:127.0.0.1", client=c, from_uri="sip:probe@127.0.0.1",
+            to_uri="sip:127.0.0.1", call_id="opt-1@test", cseq=1, from_tag="x")
+        c.send(req)
+        resp = c.recv_final(cseq_method="OPTIONS")
+    assert resp is not None and resp.status == 200
+    assert "INVITE" in resp.header("allow") and "REGISTER" in resp.header("allow")
+    assert resp.header("accept") == "application/sdp"
+    assert resp.header("supported") is not None
+
+
+def test_sigterm_ends_calls_with_bye(daemon, sipp_background, tmp_path) -> None:
+    # The daemon is gone afterwards, so the callee must not try to unregister.
+    callee = _callee(sipp_background, daemon, "u1", role="uas_callee", unregister="no")
+    caller = sipp_background(scenario("uac_call_wait_bye"), daemon.remote("udp"),
+                             transport="u1",
+                             keys={"user": "100", "password": daemon.passwords["100"],
+                                   "callee": "101"})
+    daemon.wait_log("answered", 15)
+    time.sleep(0.5)  # let the ACK through
+    daemon.proc.signal(signal.SIGTERM)
+    assert daemon.proc.wait(10) == 0
+    caller.wait(15).check()
+    callee.wait(15).check()
+    assert caller.snapshot().received(method="BYE")
+    assert callee.snapshot().received(method="BYE")
