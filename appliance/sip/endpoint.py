@@ -117,10 +117,11 @@ class Endpoint:
         return f"SIP/2.0/{peer.transport.upper()} {self.hostport(peer)};branch={new_branch()};rport"
 
     def contact_uri(self, peer: Peer, user: str | None = None) -> str:
-        scheme = "sips" if peer.transport == "tls" else "sip"
+        """Our Contact for a peer: `sip:` with `;transport=` (RFC 5630 §3.1.3: sips would
+        promise TLS on every hop, which we cannot, and some phones do not take it)."""
         userpart = f"{user}@" if user else ""
-        tp = f";transport={peer.transport}" if peer.transport == "tcp" else ""
-        return f"{scheme}:{userpart}{self.hostport(peer)}{tp}"
+        tp = f";transport={peer.transport}" if peer.transport != "udp" else ""
+        return f"sip:{userpart}{self.hostport(peer)}{tp}"
 
     # -- sending ----------------------------------------------------------------
     def send_request(self, request: Request, peer: Peer) -> ClientTransaction:

@@ -180,10 +180,11 @@ class SipConfig:
     default_expires: int = _leaf(3600, integer(1, 604_800))
     ring_timeout: int = _leaf(60, integer(1, 600))
     user_agent: str = _leaf("appliance", text(1, 128))
-    # MD5 first: many phones (and SIPp 3.6) answer the first challenge even when they
-    # cannot compute it; an installer with SHA-256-capable phones may put SHA-256 first.
+    # MD5 only by default: many phones answer the first challenge even when they cannot
+    # compute it (SIPp 3.6), and some refuse a 401 carrying any non-MD5 challenge at all
+    # (baresip 1.0 / libre 1.1). Offices with RFC 8760 phones list SHA-256 here.
     auth_algorithms: list[str] = field(
-        default_factory=lambda: ["MD5", "SHA-256"], metadata={"check": _algorithms})
+        default_factory=lambda: ["MD5"], metadata={"check": _algorithms})
 
     RULES: ClassVar[list[Rule]] = [
         ("tls_port", lambda s: s.tls_port != s.tcp_port, "must differ from sip.tcp_port"),

@@ -41,7 +41,8 @@ def write_config(data: Path, **sip: object) -> None:
     cfg = {
         "version": 1,
         "system": {"language": "en", "name": "test"},
-        "sip": {"min_expires": 10, "ring_timeout": 30, **sip},
+        "sip": {"min_expires": 10, "ring_timeout": 30,
+                "auth_algorithms": ["MD5", "SHA-256"], **sip},
         "extensions": {n: {"password": p, "name": f"Ext {n}"} for n, p in PASSWORDS.items()},
     }
     data.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,538 @@
+"""SIP digest authentication: RFC 3261 §22.4, RFC 2617 §3, RFC 8760 (SHA-256), qop=auth.
+
+Sans-IO: nothing here reads a clock or touches a socket; callers pass ``now``.
+
+Server nonces are stateless (RFC 2617 §3.2.1 suggests a time-stamped, keyed-hash nonce):
+
+    nonce = base64url(timestamp[8] || salt[6] || HMAC-SHA256(secret, ts || salt || realm)[:16])
+
+so any nonce we issued can be checked and dated without storage. Only the highest nonce-count
+seen per nonce is kept (RFC 2617 §3.2.2 replay protection), in a bounded table.
+"""
+
+import base64
+import enum
+import hashlib
+import hmac
+import re
+import secrets
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Challenge",
+    "Credentials",
+    "DigestError",
+    "DigestServer",
+    "Verdict",
+    "answer_challenge",
+    "compute_ha1",
+    "compute_response",
+    "compute_response_ha1",
+    "normalize_algorithm",
+    "parse_challenge",
+    "parse_credentials",
+    "select_challenge",
+]
+
+
+class DigestError(ValueError):
+    """Malformed digest header, or an algorithm/qop this module cannot compute."""
+
+
+# --- algorithms (RFC 2617 §3.2.2.2, RFC 8760 §2.2) ---------------------------------------------
+
+_HashFn = Callable[[bytes], Any]
+
+# canonical name -> (hash constructor, is "-sess" variant)
+_ALGORITHMS: dict[str, tuple[_HashFn, bool]] = {
+    "MD5": (hashlib.md5, False),
+    "MD5-sess": (hashlib.md5, True),
+    "SHA-256": (hashlib.sha256, False),
+    "SHA-256-sess": (hashlib.sha256, True),
+}
+_CANONICAL = {name.upper(): name for name in _ALGORITHMS}
+
+
+def normalize_algorithm(value: str) -> str:
+    """Case-insensitive algorithm name -> canonical spelling ("MD5", "SHA-256", "MD5-sess", ...).
+
+    Unknown names are upper-cased and returned as-is, so a parser can still report them.
+    """
+    upper = value.upper()
+    return _CANONICAL.get(upper, upper)
+
+
+def _algorithm(name: str) -> tuple[_HashFn, bool]:
+    entry = _ALGORITHMS.get(name) or _ALGORITHMS.get(normalize_algorithm(name))
+    if entry is None:
+        raise DigestError(f"unsupported digest algorithm {name!r}")
+    return entry
+
+
+def compute_ha1(algorithm: str, username: str, realm: str, password: str) -> str:
+    """H(username:realm:password), the value a server may store instead of the password.
+
+    For "-sess" algorithms this is still the plain inner hash; the session key is derived per
+    request by compute_response_ha1 (RFC 2617 §3.2.2.2).
+    """
+    fn, _ = _algorithm(algorithm)
+    return fn(f"{username}:{realm}:{password}".encode()).hexdigest()
+
+
+def compute_response_ha1(
+    algorithm: str,
+    ha1: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+) -> str:
+    """request-digest from a precomputed HA1 (RFC 2617 §3.2.2.1; RFC 3261 §22.4)."""
+    fn, sess = _algorithm(algorithm)
+    if sess:
+        if not cnonce:
+            raise DigestError("-sess algorithms need a cnonce")
+        ha1 = fn(f"{ha1}:{nonce}:{cnonce}".encode()).hexdigest()
+    ha2 = fn(f"{method}:{uri}".encode()).hexdigest()  # qop=auth or absent: A2 = Method:digest-uri
+    if qop is None:  # RFC 2069 compatibility form
+        return fn(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    if qop != "auth":  # auth-int would need the message body
+        raise DigestError(f"unsupported qop {qop!r}")
+    if nc is None or cnonce is None:
+        raise DigestError("qop=auth needs nc and cnonce")
+    return fn(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode()).hexdigest()
+
+
+def compute_response(
+    algorithm: str,
+    username: str,
+    realm: str,
+    password: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+) -> str:
+    """request-digest for a cleartext password (RFC 2617 §3.2.2)."""
+    ha1 = compute_ha1(algorithm, username, realm, password)
+    return compute_response_ha1(algorithm, ha1, method, uri, nonce, qop, nc, cnonce)
+
+
+# --- header grammar (RFC 3261 §25.1, RFC 2617 §3.2) --------------------------------------------
+
+_WS = r"[ \t\r\n]*+"  # LWS incl. line folding; possessive quantifiers never backtrack
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
+_SCHEME_RE = re.compile(rf"{_WS}({_TOKEN})(?:[ \t\r\n]++|\Z)")
+# auth-param = token LWS "=" LWS ( token / quoted-string ), then "," or end. Unquoted values are
+# read leniently (any visible char but DQUOTE, comma, backslash) for sloppy user agents.
+_PARAM_RE = re.compile(
+    rf"{_WS}({_TOKEN}){_WS}={_WS}"
+    r'(?:"((?:[^"\\]++|\\[\s\S])*+)"|([^\x00-\x20",\\\x7f]++))'
+    rf"{_WS}(?:,[ \t\r\n,]*+|\Z)"
+)
+_QUOTED_PAIR_RE = re.compile(r"\\([\s\S])")
+_TOKEN_RE = re.compile(_TOKEN)
+_NC_RE = re.compile(r"[0-9a-fA-F]{8}")  # nc-value = 8LHEX (RFC 2617 §3.2.2)
+
+
+def _parse_params(value: str) -> dict[str, str]:
+    """'Digest a=b, c="d"' -> {"a": "b", "c": "d"}: names lower-cased, quoted-pairs undone."""
+    m = _SCHEME_RE.match(value)
+    if m is None or m.group(1).lower() != "digest":
+        raise DigestError(f"not a Digest header: {value[:60]!r}")
+    params: dict[str, str] = {}
+    pos, end = m.end(), len(value)
+    while pos < end:
+        m = _PARAM_RE.match(value, pos)
+        if m is None:
+            raise DigestError(f"malformed auth-param at offset {pos}: {value[pos : pos + 40]!r}")
+        name, quoted, token = m.groups()
+        name = name.lower()
+        if name in params:  # RFC 7235 §2.1: each parameter name only once
+            raise DigestError(f"duplicate auth-param {name!r}")
+        if quoted is None:
+            params[name] = token
+        elif "\\" in quoted:
+            params[name] = _QUOTED_PAIR_RE.sub(r"\1", quoted)
+        else:
+            params[name] = quoted
+        pos = m.end()
+    return params
+
+
+def _require(params: dict[str, str], *names: str) -> None:
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise DigestError(f"missing auth-param(s): {', '.join(missing)}")
+
+
+def _quote(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise DigestError("CR/LF not allowed in a quoted-string")  # no header injection
+    if "\\" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{value}"'
+
+
+def _token_or_quote(value: str) -> str:
+    return value if _TOKEN_RE.fullmatch(value) else _quote(value)
+
+
+# params that RFC 2617 / RFC 7616 write as bare tokens; everything else is a quoted-string
+_BARE = frozenset({"algorithm", "stale", "nc", "charset", "userhash"})
+
+
+def _extras(parts: list[str], params: dict[str, str], known: frozenset[str]) -> str:
+    for name, value in params.items():
+        if name not in known:
+            parts.append(f"{name}={_token_or_quote(value) if name in _BARE else _quote(value)}")
+    return ", ".join(parts)
+
+
+_CHALLENGE_KNOWN = frozenset({"realm", "nonce", "algorithm", "qop", "opaque", "stale"})
+_CREDENTIALS_KNOWN = frozenset(
+    {"username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "opaque", "qop", "nc"}
+)
+
+
+@dataclass(slots=True)
+class Challenge:
+    """A WWW-Authenticate / Proxy-Authenticate Digest challenge (RFC 3261 §22.1, §25.1).
+
+    ``params`` holds every auth-param as parsed (lower-case names, unquoted values); to_header()
+    renders the typed fields and then any param in ``params`` they do not cover (e.g. domain).
+    """
+
+    realm: str
+    nonce: str
+    algorithm: str = "MD5"  # RFC 2617 §3.2.1: absent means MD5
+    qop: list[str] = field(default_factory=list)
+    opaque: str | None = None
+    stale: bool = False
+    params: dict[str, str] = field(default_factory=dict)
+
+    def to_header(self) -> str:
+        # field order follows the digest-cln ABNF of RFC 3261 §25.1
+        parts = [f"Digest realm={_quote(self.realm)}", f"nonce={_quote(self.nonce)}"]
+        if self.opaque is not None:
+            parts.append(f"opaque={_quote(self.opaque)}")
+        if self.stale:
+            parts.append("stale=TRUE")
+        parts.append(f"algorithm={_token_or_quote(self.algorithm)}")
+        if self.qop:
+            parts.append(f"qop={_quote(','.join(self.qop))}")
+        return _extras(parts, self.params, _CHALLENGE_KNOWN)
+
+
+@dataclass(slots=True)
+class Credentials:
+    """An Authorization / Proxy-Authorization Digest response (RFC 3261 §22.2, §25.1)."""
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str = "MD5"
+    qop: str | None = None
+    cnonce: str | None = None
+    nc: str | None = None  # 8 hex digits, exactly as sent
+    opaque: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+    def to_header(self) -> str:
+        # field order follows the dig-resp ABNF of RFC 3261 §25.1; qop and nc are bare tokens
+        parts = [
+            f"Digest username={_quote(self.username)}",
+            f"realm={_quote(self.realm)}",
+            f"nonce={_quote(self.nonce)}",
+            f"uri={_quote(self.uri)}",
+            f"response={_quote(self.response)}",
+            f"algorithm={_token_or_quote(self.algorithm)}",
+        ]
+        if self.cnonce is not None:
+            parts.append(f"cnonce={_quote(self.cnonce)}")
+        if self.opaque is not None:
+            parts.append(f"opaque={_quote(self.opaque)}")
+        if self.qop is not None:
+            parts.append(f"qop={_token_or_quote(self.qop)}")
+        if self.nc is not None:
+            parts.append(f"nc={_token_or_quote(self.nc)}")
+        return _extras(parts, self.params, _CREDENTIALS_KNOWN)
+
+
+def parse_challenge(value: str) -> Challenge:
+    """Parse a WWW-Authenticate / Proxy-Authenticate header value; DigestError on garbage."""
+    p = _parse_params(value)
+    _require(p, "realm", "nonce")
+    qop = p.get("qop")
+    return Challenge(
+        realm=p["realm"],
+        nonce=p["nonce"],
+        algorithm=normalize_algorithm(p.get("algorithm", "MD5")),
+        qop=[q for q in (s.strip().lower() for s in qop.split(",")) if q] if qop else [],
+        opaque=p.get("opaque"),
+        stale=p.get("stale", "").lower() == "true",
+        params=p,
+    )
+
+
+def parse_credentials(value: str) -> Credentials:
+    """Parse an Authorization / Proxy-Authorization header value; DigestError on garbage."""
+    p = _parse_params(value)
+    _require(p, "username", "realm", "nonce", "uri", "response")
+    qop = p.get("qop")
+    nc = p.get("nc")
+    if qop is not None:
+        qop = qop.lower()
+        _require(p, "cnonce", "nc")  # RFC 2617 §3.2.2: both MUST accompany qop
+    if nc is not None and not _NC_RE.fullmatch(nc):
+        raise DigestError(f"nc must be 8 hex digits, got {nc!r}")
+    return Credentials(
+        username=p["username"],
+        realm=p["realm"],
+        nonce=p["nonce"],
+        uri=p["uri"],
+        response=p["response"],
+        algorithm=normalize_algorithm(p.get("algorithm", "MD5")),
+        qop=qop,
+        cnonce=p.get("cnonce"),
+        nc=nc,
+        opaque=p.get("opaque"),
+        params=p,
+    )
+
+
+# --- client side -------------------------------------------------------------------------------
+
+
+def select_challenge(challenges: Iterable[Challenge]) -> Challenge:
+    """The first challenge whose algorithm we support (RFC 8760 §2.4: topmost is preferred)."""
+    for challenge in challenges:
+        if challenge.algorithm in _ALGORITHMS:
+            return challenge
+    raise DigestError("no challenge with a supported algorithm")
+
+
+def answer_challenge(
+    challenge: Challenge,
+    method: str,
+    uri: str,
+    username: str,
+    password: str,
+    cnonce: str | None = None,
+    nc: int = 1,
+) -> Credentials:
+    """Build Credentials for ``challenge`` (RFC 3261 §22.2). Uses qop=auth whenever offered."""
+    if "auth" in challenge.qop:
+        if not 0 < nc <= 0xFFFFFFFF:
+            raise DigestError(f"nonce-count out of range: {nc}")
+        qop: str | None = "auth"
+        nc_value: str | None = f"{nc:08x}"
+        if cnonce is None:
+            cnonce = secrets.token_hex(8)
+    elif challenge.qop:
+        raise DigestError(f"no supported qop in {challenge.qop!r}")  # e.g. auth-int only
+    else:  # RFC 2069 style: no qop, so no cnonce or nc either (RFC 2617 §3.2.2)
+        qop = nc_value = cnonce = None
+    response = compute_response(
+        challenge.algorithm,
+        username,
+        challenge.realm,
+        password,
+        method,
+        uri,
+        challenge.nonce,
+        qop,
+        nc_value,
+        cnonce,
+    )
+    return Credentials(
+        username=username,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        uri=uri,
+        response=response,
+        algorithm=challenge.algorithm,
+        qop=qop,
+        cnonce=cnonce,
+        nc=nc_value,
+        opaque=challenge.opaque,  # RFC 2617 §3.2.2: opaque is echoed unchanged
+    )
+
+
+# --- server side -------------------------------------------------------------------------------
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    STALE = "stale"  # right password, expired nonce: re-challenge with stale=TRUE (§3.2.1)
+    FAIL = "fail"
+
+
+_TS = struct.Struct(">d")
+_SALT_LEN = 6
+_MAC_LEN = 16
+_NONCE_RAW_LEN = _TS.size + _SALT_LEN + _MAC_LEN  # 30 bytes -> 40 base64 chars, no padding
+_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{40}")  # canonical form only: one string per nonce
+
+
+class DigestServer:
+    """Issues stateless nonces and checks Credentials against them (RFC 2617 §3.2, §4.5).
+
+    ``now`` should come from one clock for both challenges() and verify(); a nonce issued "in
+    the future" (clock stepped back) is treated as expired, which just costs one re-challenge.
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        secret: bytes | None = None,
+        nonce_ttl: float = 300.0,
+        algorithms: Iterable[str] = ("SHA-256", "MD5"),
+        *,
+        allow_no_qop: bool = True,
+        max_nonces: int = 100_000,
+    ) -> None:
+        self.realm = realm
+        self.nonce_ttl = nonce_ttl
+        # caller's order is preference order: RFC 8760 §2.4 lists the preferred challenge first
+        self.algorithms = tuple(dict.fromkeys(normalize_algorithm(a) for a in algorithms))
+        for name in self.algorithms:
+            _algorithm(name)  # raises DigestError if unsupported
+        if not self.algorithms:
+            raise ValueError("at least one algorithm is required")
+        if max_nonces < 1:
+            raise ValueError("max_nonces must be positive")
+        self.allow_no_qop = allow_no_qop  # RFC 2069 clients; nonces then reusable until expiry
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
+        self._realm_bytes = realm.encode()
+        self._dummy_password = secrets.token_hex(16)  # equal work for unknown users
+        self._max_nonces = max_nonces
+        # nonce -> (highest nc accepted, issue time); insertion-ordered, pruned in batches
+        self._seen: dict[str, tuple[int, float]] = {}
+        # untracked nonces issued at or before this time may have been forgotten -> STALE
+        self._floor = float("-inf")
+        self._purged_at = float("-inf")
+
+    # nonces
+
+    def make_nonce(self, now: float) -> str:
+        head = _TS.pack(now) + secrets.token_bytes(_SALT_LEN)
+        mac = hmac.digest(self._secret, head + self._realm_bytes, "sha256")[:_MAC_LEN]
+        return base64.urlsafe_b64encode(head + mac).decode("ascii")
+
+    def nonce_time(self, nonce: str) -> float | None:
+        """Issue time of a nonce we minted for this realm, or None if forged/garbled."""
+        if not _NONCE_RE.fullmatch(nonce):
+            return None
+        raw = base64.urlsafe_b64decode(nonce)
+        head = raw[: _TS.size + _SALT_LEN]
+        mac = hmac.digest(self._secret, head + self._realm_bytes, "sha256")[:_MAC_LEN]
+        if not hmac.compare_digest(mac, raw[_TS.size + _SALT_LEN :]):
+            return None
+        return _TS.unpack_from(raw)[0]
+
+    def challenges(self, now: float, stale: bool = False) -> list[Challenge]:
+        """One challenge per algorithm, preferred first (RFC 8760 §2.4), sharing a fresh nonce."""
+        nonce = self.make_nonce(now)
+        return [Challenge(self.realm, nonce, alg, ["auth"], stale=stale) for alg in self.algorithms]
+
+    # verification
+
+    def verify(
+        self,
+        creds: Credentials,
+        method: str,
+        password_lookup: Callable[[str], str | None],
+        now: float,
+    ) -> Verdict:
+        """Check ``creds`` for a request with ``method``.
+
+        creds.uri is hashed as sent and deliberately not compared with the Request-URI: proxies
+        may rewrite the latter (RFC 3261 §22.4 only asks that the response be computed over it).
+        """
+        fail = Verdict.FAIL
+        if creds.realm != self.realm or creds.algorithm not in self.algorithms:
+            return fail
+        qop = creds.qop
+        nc = 0
+        if qop is None:
+            if not self.allow_no_qop:
+                return fail
+        elif qop == "auth" and creds.cnonce and creds.nc and _NC_RE.fullmatch(creds.nc):
+            nc = int(creds.nc, 16)
+            if nc == 0:  # counting starts at 00000001
+                return fail
+        else:
+            return fail
+        issued = self.nonce_time(creds.nonce)
+        if issued is None:
+            return fail
+
+        # Same hashing for unknown users and wrong passwords: neither timing nor verdict tells.
+        password = password_lookup(creds.username)
+        known = password is not None
+        try:
+            expected = compute_response(
+                creds.algorithm,
+                creds.username,
+                self.realm,
+                password if known else self._dummy_password,
+                method,
+                creds.uri,
+                creds.nonce,
+                qop,
+                creds.nc,
+                creds.cnonce,
+            )
+        except DigestError:
+            return fail
+        match = hmac.compare_digest(expected.encode(), creds.response.lower().encode())
+        if not (match and known):
+            return fail
+
+        age = now - issued
+        if not 0.0 <= age <= self.nonce_ttl:
+            return Verdict.STALE
+        if qop is None:
+            return Verdict.OK  # RFC 2069 style: no nonce-count to track
+        return self._count(creds.nonce, nc, issued, now)
+
+    def _count(self, nonce: str, nc: int, issued: float, now: float) -> Verdict:
+        """Nonce-count replay check (RFC 2617 §3.2.2): nc must grow for each use of a nonce."""
+        last = self._seen.get(nonce)
+        if last is None:
+            if len(self._seen) >= self._max_nonces or now - self._purged_at > self.nonce_ttl:
+                self._prune(now)  # rebinds self._seen
+            if issued <= self._floor:
+                return Verdict.STALE  # its state may have been dropped; make the client refresh
+        elif nc <= last[0]:
+            return Verdict.FAIL
+        self._seen[nonce] = (nc, issued)
+        return Verdict.OK
+
+    def _prune(self, now: float) -> None:
+        """Drop expired entries; if still full, drop the oldest eighth. Raises the floor so a
+        forgotten nonce can never be replayed, only answered with STALE."""
+        cutoff = now - self.nonce_ttl
+        self._purged_at = now
+        self._floor = max(self._floor, cutoff)
+        items = [(k, v) for k, v in self._seen.items() if v[1] > cutoff]
+        if len(items) >= self._max_nonces:
+            excess = len(items) - self._max_nonces + max(1, self._max_nonces // 8)
+            self._floor = max(self._floor, *(v[1] for _, v in items[:excess]))
+            items = items[excess:]
+        self._seen = dict(items)
+
+    @property
+    def tracked_nonces(self) -> int:
+        """Number of nonces whose nonce-count is currently remembered."""
+        return len(self._seen)
