@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,14 +51,15 @@ def write_config(data: Path, **sip: object) -> None:
 
 
 def start_daemon(data: Path, logdir: Path, *, trace: bool = True,
-                 port: int | None = None, tls_port: int | None = None) -> Daemon:
+                 port: int | None = None, tls_port: int | None = None,
+                 env: dict[str, str] | None = None) -> Daemon:
     port = port or free_port("both")
     tls_port = tls_port or free_port("tcp")
     argv = [sys.executable, "-m", "appliance", "run", "--data", str(data),
             "--bind", "127.0.0.1", "--sip-port", str(port), "--tls-port", str(tls_port)]
     if trace:
         argv.append("--sip-trace")
-    proc = Proc(argv, logdir=logdir, name=f"daemon-{port}")
+    proc = Proc(argv, logdir=logdir, name=f"daemon-{port}-{time.monotonic_ns()}", env=env)
     d = Daemon(proc, data, port, tls_port)
     try:
         wait_until(lambda: "listening on" in d.log() or not proc.alive(), 20,
@@ -74,13 +76,21 @@ def start_daemon(data: Path, logdir: Path, *, trace: bool = True,
 def daemon_factory(tmp_path: Path) -> Iterator:
     started: list[Daemon] = []
 
-    def make(**sip: object) -> Daemon:
+    def make(env: dict[str, str] | None = None, **sip: object) -> Daemon:
         data = tmp_path / f"data{len(started)}"
         write_config(data, **sip)
-        d = start_daemon(data, tmp_path / "logs")
+        d = start_daemon(data, tmp_path / "logs", env=env)
         started.append(d)
         return d
 
+    def restart(d: Daemon) -> Daemon:
+        """Stop with SIGTERM and start again on the same data and ports."""
+        d.proc.stop()
+        again = start_daemon(d.data, tmp_path / "logs", port=d.port, tls_port=d.tls_port)
+        started.append(again)
+        return again
+
+    make.restart = restart  # type: ignore[attr-defined]
     yield make
     for d in started:
         d.proc.stop()

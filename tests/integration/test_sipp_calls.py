@@ -143,3 +143,32 @@ def test_sigterm_ends_calls_with_bye(daemon, sipp_background, tmp_path) -> None:
     callee.wait(15).check()
     assert caller.snapshot().received(method="BYE")
     assert callee.snapshot().received(method="BYE")
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_early_media_and_in_dialog_requests_pass_between_legs(daemon, sipp_background,
+                                                              transport, tmp_path) -> None:
+    """183 with SDP reaches the caller; re-INVITE (hold), INFO, UPDATE and OPTIONS
+    cross the B2BUA in both directions of the transaction."""
+    callee = _callee(sipp_background, daemon, transport, role="uas_callee_indialog")
+    caller = _call(daemon, transport, tmp_path, name="uac_call_indialog")
+    caller.check()
+    callee.wait(15).check()
+    seen = callee.snapshot()
+
+    early = caller.received(status=183)[0]
+    assert b"s=early" in early.body
+    assert early.header("content-type") == "application/sdp"
+
+    reinvite = seen.received(method="INVITE")[1]
+    assert b"a=sendonly" in reinvite.body  # the hold offer, unchanged
+    held = [m for m in caller.received(status=200) if m.cseq_method == "INVITE"][-1]
+    assert b"a=recvonly" in held.body
+    assert len(seen.received(method="ACK")) == 2  # initial and re-INVITE ACKs relayed
+
+    info = seen.received(method="INFO")[0]
+    assert info.header("content-type") == "application/dtmf-relay"
+    assert b"Signal=5" in info.body
+    assert seen.received(method="UPDATE") and seen.received(method="OPTIONS")
+    assert [m.status for m in caller.received() if m.cseq_method in ("INFO", "UPDATE",
+            "OPTIONS")] == [200, 200, 200]
