@@ -110,9 +110,10 @@ class Daemon:
         bus = Bus()
         location = Location(self.data / "registrations.json")
         restored = location.load(time.time())
-        pbx = Pbx(endpoint, self.cfg, location, bus, _nonce_secret(self.data))
+        pbx = Pbx(endpoint, self.cfg, location, bus, _nonce_secret(self.data), self.store)
         endpoint.tu = pbx
         self.pbx = pbx
+        pbx.start_lines()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         log.info("listening on %s: udp %d, tcp %d, tls %d; %d extensions, %d registrations "
@@ -127,6 +128,7 @@ class Daemon:
 
         log.info("shutting down")
         systemd.notify("STOPPING=1")
+        pbx.stop_lines()
         ended = pbx.hang_up_all()
         if ended:
             log.info("ending %d call(s)", ended)

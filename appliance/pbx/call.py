@@ -1,24 +1,38 @@
-"""A call between extensions: a back-to-back user agent (RFC 3261 §§12–15, RFC 7092).
+"""A call: a back-to-back user agent (RFC 3261 §§12–15, RFC 7092).
 
-The caller's INVITE is answered by the A leg; the callee's registered contacts
-are called in parallel on B-leg forks that share one Call-ID and From tag
-(§16.7-style best-response choice when all fail). Once a fork answers, the two
-dialogs relay in-dialog requests to each other; ACKs for 2xx are relayed
-end-to-end so that an offer in the ACK (late offer) reaches the other side.
-SDP passes through unchanged.
+The caller's INVITE is answered on the A leg. The destination comes from the
+dial plan: an extension's registered contacts are called in parallel on
+B-leg forks that share one Call-ID and From tag (§16.7-style best-response
+choice when all fail); a line or trunk gets one outbound leg. Forwarding
+(unconditional, busy, no answer, unreachable, a phone's 3xx) re-targets the
+call and tells the caller with `181 Call Is Being Forwarded`. Once a fork
+answers, the two dialogs relay in-dialog requests to each other; ACKs for 2xx
+are relayed end-to-end so an offer in the ACK (late offer) reaches the other
+side. SDP passes through unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..bus import CallAnswered, CallEnded, CallRinging
 from ..sip.dialog import Dialog, new_call_id, new_tag
+from ..sip.digest import DigestError, answer_challenge, parse_challenge, select_challenge
 from ..sip.message import Headers, NameAddr, ParseError, Request, Response, make_response
+from ..sip.prack import (
+    PRACK,
+    ProvisionalAcknowledger,
+    ReliableProvisionals,
+    add_100rel,
+    make_prack,
+    rel100,
+)
 from ..sip.transaction import ClientTransaction, Peer, ServerTransaction, make_cancel
 from ..sip.uri import SipURI, TelURI
+from .dialplan import Destination, normalize, route
+from .line import ruri_params, with_params
 from .location import Binding
 from .registrar import authenticate
 
@@ -27,12 +41,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.call")
 
+MAX_FORWARDS = 5  # forwarding hops one call may take before 482 Loop Detected
+
 # Headers carried across the B2BUA with a relayed request or response body.
 _BODY_HEADERS = ("content-type", "content-disposition", "content-encoding", "content-language")
 _RELAY_HEADERS = ("event", "info-package", "subscription-state", "reason")
 
 _END_REASON = {486: "busy", 600: "busy", 408: "no-answer", 480: "unavailable", 487: "cancelled",
-               603: "declined"}
+               603: "declined", 404: "not-found", 482: "loop"}
+
+# RFC 5806 diversion reasons → RFC 4458 / RFC 7044 History-Info cause codes.
+_CAUSE = {"unconditional": 302, "user-busy": 486, "no-answer": 408, "unavailable": 480,
+          "deflection": 480}
 
 
 def _copy_body(src: Request | Response, dst: Request | Response) -> None:
@@ -58,11 +78,11 @@ def next_hop(dialog: Dialog) -> Peer:
     return dialog.peer
 
 
-def _strip_angle(route: str) -> str:
-    route = route.strip()
-    if route.startswith("<"):
-        return route[1 : route.find(">")]
-    return route.split(";", 1)[0]
+def _strip_angle(route_value: str) -> str:
+    route_value = route_value.strip()
+    if route_value.startswith("<"):
+        return route_value[1 : route_value.find(">")]
+    return route_value.split(";", 1)[0]
 
 
 class Leg:
@@ -91,15 +111,34 @@ class Leg:
             self.call.resend_ack(self, resp.cseq[0])
 
 
-class Fork:
-    """One outgoing INVITE to one registered contact of the callee."""
+class _EarlyA:
+    """The caller's early dialog while we send reliable provisionals: takes PRACK."""
 
-    __slots__ = ("call", "binding", "request", "peer", "txn", "early", "final",
-                 "final_response", "cancel_wanted", "cancelled")
+    __slots__ = ("call",)
 
-    def __init__(self, call: Call, binding: Binding, request: Request, peer: Peer) -> None:
+    def __init__(self, call: Call) -> None:
         self.call = call
-        self.binding = binding
+
+    def on_request(self, txn: ServerTransaction, req: Request) -> None:
+        self.call.on_early_request(txn, req)
+
+    def on_ack(self, req: Request) -> None:
+        pass
+
+    def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
+        pass
+
+
+class Fork:
+    """One outgoing INVITE: to a registered contact, or out through a line or trunk."""
+
+    __slots__ = ("call", "attempt", "request", "peer", "txn", "early", "final",
+                 "final_response", "cancel_wanted", "cancelled", "carrier", "auth_tried",
+                 "acks", "early_dialogs")
+
+    def __init__(self, call: Call, request: Request, peer: Peer, carrier: Any = None) -> None:
+        self.call = call
+        self.attempt = call.attempt
         self.request = request
         self.peer = peer
         self.txn: ClientTransaction | None = None
@@ -108,12 +147,65 @@ class Fork:
         self.final_response: Response | None = None
         self.cancel_wanted = False
         self.cancelled = False
+        self.carrier = carrier       # (kind, name, config) for line/trunk legs
+        self.auth_tried = False
+        self.acks = ProvisionalAcknowledger()
+        self.early_dialogs: dict[str, Dialog] = {}
+
+    def send(self) -> None:
+        self.txn = self.call.pbx.endpoint.send_request(self.request, self.peer)
+        self.txn.user_data = self
 
     def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
+        if txn is not None and txn is not self.txn and resp.status >= 200:
+            return  # the answer to an INVITE we replaced (after a challenge)
+        if 100 < resp.status < 200 and not self._prack(resp):
+            return
         self.call.on_fork_response(self, resp)
 
     def on_failure(self, txn: ClientTransaction, status: int) -> None:
-        self.call.on_fork_final(self, status, None)
+        if txn is self.txn:
+            self.call.on_fork_final(self, status, None)
+
+    def _prack(self, resp: Response) -> bool:
+        """RFC 3262 §4 as UAC: PRACK reliable provisionals; False drops the response."""
+        verdict = self.acks.on_provisional(resp)
+        if verdict.action == PRACK and verdict.to_tag is not None and verdict.rack:
+            ep = self.call.pbx.endpoint
+            dialog = self.early_dialogs.get(verdict.to_tag)
+            if dialog is None:
+                dialog = Dialog.as_uac(self.request, resp, self.peer)
+                self.early_dialogs[verdict.to_tag] = dialog
+            prack = make_prack(dialog, verdict.rack, ep.make_via(self.peer),
+                               f"<{ep.contact_uri(self.peer, self.call.caller)}>")
+            ep.send_request(prack, next_hop(dialog)).user_data = _PrackSent(self)
+        return verdict.deliver
+
+    def challenge(self, resp: Response) -> bool:
+        """A carrier's 401/407 (RFC 3261 §22.2): re-send once with credentials."""
+        if self.carrier is None or self.auth_tried:
+            return False
+        kind, name, conf = self.carrier
+        if kind != "line":
+            return False
+        header = "www-authenticate" if resp.status == 401 else "proxy-authenticate"
+        try:
+            chosen = select_challenge(parse_challenge(v) for v in resp.headers.get_all(header))
+        except (DigestError, ValueError):
+            return False
+        self.auth_tried = True
+        creds = answer_challenge(chosen, "INVITE", self.request.uri,
+                                 conf.auth_user or conf.account, conf.password)
+        req = self.request
+        h = req.headers.copy()
+        num = req.cseq[0] + 1
+        h.set("cseq", f"{num} INVITE")
+        h.set("via", self.call.pbx.endpoint.make_via(self.peer))
+        h.set("authorization" if resp.status == 401 else "proxy-authorization",
+              creds.to_header())
+        self.request = Request("INVITE", req.uri, h, req.body)
+        self.send()
+        return True
 
     def cancel(self) -> None:
         """§9.1: CANCEL only once a provisional arrived; until then, remember to."""
@@ -125,6 +217,27 @@ class Fork:
         self.cancelled = True
         ep = self.call.pbx.endpoint
         ep.send_request(make_cancel(self.request), self.peer).user_data = None
+
+
+class _PrackSent:
+    """Our PRACK; a carrier that demands 100rel and then refuses PRACK is logged, and
+    the call goes on (the final response does not depend on the PRACK)."""
+
+    __slots__ = ("fork",)
+
+    def __init__(self, fork: Fork) -> None:
+        self.fork = fork
+
+    def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
+        if resp.status in (405, 501):
+            where = self.fork.carrier
+            name = f"{where[0]} {where[1]}" if where else "callee"
+            log.warning("%s answered PRACK with %d %s although it asked for 100rel; the call "
+                        "continues. Set disable_100rel: true on %s to avoid this.",
+                        name, resp.status, resp.reason, name)
+
+    def on_failure(self, txn: ClientTransaction, status: int) -> None:
+        pass
 
 
 class _Relay:
@@ -201,7 +314,7 @@ class Call:
         self.a_req = req
         self.a_source = source
         self.a_tag = new_tag()
-        self.b_call_id = ""
+        self.b_call_id = new_call_id(pbx.endpoint.local_host(source))
         self.b_from_tag = new_tag()
         self.forks: list[Fork] = []
         self.winner: Fork | None = None
@@ -209,12 +322,23 @@ class Call:
         self.b_leg: Leg | None = None
         self.state = "new"   # new → ringing → answered → confirmed → ended
         self.a_final_sent = False
-        self.caller = ""
+        self.caller = ""          # extension number, or the outside caller's number
+        self.caller_name: str | None = None
+        self.origin = "extension"  # or "line" / "trunk"
+        self.origin_name: str | None = None
         self.callee = ""
         self.answered_at: float | None = None
-        self.ring_timer = None
+        self.ring_timer: Any = None
+        self.forward_timer: Any = None
+        self.attempt = 0
+        self.current_ext: str | None = None
+        self.visited: list[str] = []
+        self.diversions: list[tuple[str, str, str]] = []  # (by, reason, target)
         self.pending_ack: dict[Leg, tuple[Leg, int]] = {}
         self.sent_acks: dict[tuple[Leg, int], Request] = {}
+        self.rel: ReliableProvisionals | None = None
+        self.rel_timer: Any = None
+        self.held_final: Response | None = None
         txn.user_data = self
 
     # -- setup ------------------------------------------------------------------
@@ -224,79 +348,313 @@ class Call:
         if mf is not None and int(mf) == 0:
             pbx.reply(txn, 483, "Too Many Hops")
             return
-        user = authenticate(pbx, txn, req, "proxy-authorization", 407)
-        if user is None:
-            return
-        try:
-            from_uri = req.from_.parsed_uri
-        except ParseError as e:
-            pbx.reply(txn, 400, e.reason)
-            return
-        if getattr(from_uri, "user", None) != user:
-            pbx.reply(txn, 403, "From does not match the authenticated extension")
-            return
         number = self._dialled_number(req)
-        if number is None or number not in pbx.config.extensions:
+        carrier = pbx.carrier_of(self.a_source, req)
+        if carrier is not None:
+            self.origin, self.origin_name, conf = carrier
+            self.caller = self._caller_number(req)
+            self.caller_name = req.from_.display
+            if conf.inbound:
+                dest: Destination | None = Destination("extension", conf.inbound)
+            else:
+                dest = route(pbx.config, number or "")
+                if dest is not None and dest.kind != "extension":
+                    dest = None  # a carrier may only reach extensions
+        else:
+            if not self._is_extension_caller(req):
+                log.info("INVITE from unlisted source %s:%s refused", self.a_source.host,
+                         self.a_source.port)
+                pbx.reply(txn, 403, "Forbidden")
+                return
+            user = authenticate(pbx, txn, req, "proxy-authorization", 407)
+            if user is None:
+                return
+            try:
+                from_uri = req.from_.parsed_uri
+            except ParseError as e:
+                pbx.reply(txn, 400, e.reason)
+                return
+            if getattr(from_uri, "user", None) != user:
+                pbx.reply(txn, 403, "From does not match the authenticated extension")
+                return
+            self.caller = user
+            self.caller_name = pbx.config.extensions[user].name or None
+            dest = route(pbx.config, number or "")
+        if dest is not None and dest.kind == "feature":
+            if self.origin == "extension":
+                pbx.feature_code(txn, self.caller, dest.number)
+            else:
+                pbx.reply(txn, 404, "Not Found")
+            return
+        if dest is None:
             pbx.reply(txn, 404, "Not Found")
             return
-        self.caller, self.callee = user, number
-        bindings = pbx.location.bindings(number, time.time())
-        if not bindings:
-            log.info("call %s → %s: not registered", user, number)
-            pbx.reply(txn, 480, "Temporarily Unavailable")
-            return
         pbx.calls.add(self)
+        if self.a_req.headers.get("supported") or self.a_req.headers.get("require"):
+            if rel100(req).allowed:
+                self.rel = ReliableProvisionals(req, pbx.endpoint.layer.timers)
         pbx.endpoint.respond(txn, make_response(req, 100, "Trying"))
-        self.b_call_id = new_call_id(pbx.endpoint.local_host(self.a_source))
-        log.info("call %s → %s: ringing %d contact(s)", user, number, len(bindings))
-        max_fwd = (int(mf) if mf is not None else 70) - 1
-        for b in bindings:
-            self._fork(b, max_fwd)
-        timeout = pbx.config.sip.ring_timeout
-        self.ring_timer = pbx.endpoint.loop.call_later(timeout, self._no_answer)
+        self.ring_timer = pbx.endpoint.loop.call_later(pbx.config.sip.ring_timeout,
+                                                       self._no_answer)
+        self._route(dest)
+
+    def _is_extension_caller(self, req: Request) -> bool:
+        """Phones send their first INVITE without credentials; only a From naming one
+        of our extensions earns a challenge, anything else is an unlisted source."""
+        if req.headers.get("proxy-authorization"):
+            return True
+        try:
+            user = getattr(req.from_.parsed_uri, "user", None)
+        except ParseError:
+            return False
+        return user in self.pbx.config.extensions
+
+    @staticmethod
+    def _caller_number(req: Request) -> str:
+        try:
+            uri = req.from_.parsed_uri
+        except ParseError:
+            return "anonymous"
+        if isinstance(uri, TelURI):
+            return uri.digits
+        return normalize(getattr(uri, "user", None) or "anonymous")
 
     @staticmethod
     def _dialled_number(req: Request) -> str | None:
+        """The number dialled: Request-URI user, or a tel: URI's digits (RFC 3966)."""
         for uri_source in (lambda: req.ruri, lambda: req.to.parsed_uri):
             try:
                 uri = uri_source()
             except ParseError:
                 continue
             if isinstance(uri, TelURI):
-                return uri.digits.lstrip("+")
+                return uri.digits
             if isinstance(uri, SipURI) and uri.user:
-                return uri.user
+                return normalize(uri.user)
         return None
 
-    def _fork(self, binding: Binding, max_fwd: int) -> None:
+    # -- routing and forwarding ------------------------------------------------------
+    def _route(self, dest: Destination | None) -> None:
+        if self.state == "ended" or self.a_final_sent:
+            return
+        if dest is None or dest.kind == "feature":
+            self._fail(404, "Not Found")
+        elif dest.kind == "extension":
+            self._ring_extension(dest.number)
+        elif self.origin != "extension" and not self.diversions:
+            self._fail(403, "Forbidden")  # no tandem calls from one carrier to another
+        else:
+            self._dial_out(dest)
+
+    def _ring_extension(self, number: str) -> None:
+        pbx = self.pbx
+        if number in self.visited:
+            self._fail(482, "Loop Detected")
+            return
+        self.visited.append(number)
+        self.current_ext = number
+        self.callee = self.callee or number
+        fw = pbx.config.extensions[number].forward
+        if fw.unconditional:
+            self._forward(number, fw.unconditional, "unconditional")
+            return
+        bindings = pbx.location.bindings(number, time.time())
+        if not bindings:
+            if fw.unreachable:
+                self._forward(number, fw.unreachable, "unavailable")
+                return
+            log.info("call %s → %s: not registered", self.caller, number)
+            self._fail(480, "Temporarily Unavailable")
+            return
+        self.attempt += 1
+        log.info("call %s → %s: ringing %d contact(s)", self.caller, number, len(bindings))
+        for b in bindings:
+            self._fork_to_binding(b, number)
+        if fw.no_answer:
+            self.forward_timer = pbx.endpoint.loop.call_later(
+                fw.no_answer_after, self._forward, number, fw.no_answer, "no-answer")
+
+    def _forward(self, by: str, target: str, reason: str) -> None:
+        """Re-target the call; the caller hears about every hop (181 with Call-Info)."""
+        if self.state == "ended" or self.a_final_sent:
+            return
+        self._cancel_forward_timer()
+        self._abandon_forks()
+        if len(self.diversions) >= MAX_FORWARDS:
+            self._fail(482, "Loop Detected")
+            return
+        self.diversions.append((by, reason, target))
+        log.info("call %s: %s forwards to %s (%s)", self.caller, by, target, reason)
+        r = make_response(self.a_req, 181, "Call Is Being Forwarded", to_tag=self.a_tag)
+        r.headers.add("call-info",
+                      f'purpose=forwarding, username="{by}", contact="{target}"')
+        self._provisional_to_a(r)
+        self._route(route(self.pbx.config, target))
+
+    def _abandon_forks(self) -> None:
+        for f in self.forks:
+            f.cancel()
+        self.attempt += 1
+
+    def _cancel_forward_timer(self) -> None:
+        if self.forward_timer is not None:
+            self.forward_timer.cancel()
+            self.forward_timer = None
+
+    # -- B legs ----------------------------------------------------------------------------
+    def _base_headers(self, peer: Peer, from_uri: str, from_name: str | None, to_uri: str,
+                      max_fwd: int) -> Headers:
+        ep = self.pbx.endpoint
+        h = Headers()
+        h.add("via", ep.make_via(peer))
+        h.add("max-forwards", str(max_fwd))
+        h.add("from", f"{NameAddr(from_uri, from_name)};tag={self.b_from_tag}")
+        h.add("to", str(NameAddr(to_uri)))
+        h.add("call-id", self.b_call_id)
+        h.add("cseq", "1 INVITE")
+        return h
+
+    def _max_fwd(self) -> int:
+        mf = self.a_req.headers.get("max-forwards")
+        return (int(mf) if mf is not None else 70) - 1
+
+    def _fork_to_binding(self, binding: Binding, number: str) -> None:
         pbx = self.pbx
         ep = pbx.endpoint
         peer = pbx.binding_peer(binding)
         host = pbx.config.sip.domain or ep.local_host(peer)
-        name = pbx.config.extensions[self.caller].name or None
-        h = Headers()
-        h.add("via", ep.make_via(peer))
+        h = self._base_headers(peer, f"sip:{self.caller}@{host}", self.caller_name,
+                               f"sip:{number}@{host}", self._max_fwd())
         for r in binding.path:
-            h.add("route", r)
-        h.add("max-forwards", str(max_fwd))
-        h.add("from", f"{NameAddr(f'sip:{self.caller}@{host}', name)};tag={self.b_from_tag}")
-        h.add("to", str(NameAddr(f"sip:{self.callee}@{host}")))
-        h.add("call-id", self.b_call_id)
-        h.add("cseq", "1 INVITE")
+            h.add("route", r, first=False)
         h.add("contact", f"<{ep.contact_uri(peer, self.caller)}>")
         h.add("allow", pbx.allow)
         h.add("user-agent", pbx.user_agent)
         req = Request("INVITE", binding.contact, h)
         _copy_body(self.a_req, req)
-        fork = Fork(self, binding, req, peer)
+        fork = Fork(self, req, peer)
         self.forks.append(fork)
-        fork.txn = ep.send_request(req, peer)
-        fork.txn.user_data = fork
+        fork.send()
+
+    def _dial_out(self, dest: Destination) -> None:
+        conf = (self.pbx.config.lines if dest.kind == "line" else self.pbx.config.trunks).get(
+            dest.name or "")
+        if conf is None:
+            self._fail(404, "Not Found")
+            return
+        self.callee = self.callee or dest.number
+        attempt = self.attempt = self.attempt + 1
+        self.pbx.endpoint.loop.create_task(self._dial_out_resolved(dest, conf, attempt))
+
+    async def _dial_out_resolved(self, dest: Destination, conf: Any, attempt: int) -> None:
+        peers = await self.pbx.resolve(conf.host, conf.port, conf.transport)
+        if attempt != self.attempt or self.state == "ended" or self.a_final_sent:
+            return
+        if not peers:
+            log.warning("%s %s: cannot resolve %s", dest.kind, dest.name, conf.host)
+            self._fail(503, "Service Unavailable")
+            return
+        pbx = self.pbx
+        ep = pbx.endpoint
+        peer = peers[0]
+        domain = getattr(conf, "domain", None) or conf.host
+        if dest.kind == "line":
+            caller_id = conf.caller_id or conf.account
+            params = ruri_params(pbx.config, conf.ruri_params)
+        else:
+            caller_id = conf.caller_id or self.caller
+            params = conf.ruri_params
+        h = self._base_headers(peer, f"sip:{caller_id}@{domain}", self.caller_name,
+                               f"sip:{dest.number}@{domain}", self._max_fwd())
+        h.add("contact", f"<{ep.contact_uri(peer, caller_id)}>")
+        h.add("allow", pbx.allow)
+        if not conf.disable_100rel:
+            add_100rel(h)
+        self._add_diversion(h, domain, conf.forward_header, dest.number)
+        h.add("user-agent", pbx.user_agent)
+        uri = with_params(f"sip:{dest.number}@{domain}", params)
+        req = Request("INVITE", uri, h)
+        _copy_body(self.a_req, req)
+        fork = Fork(self, req, peer, (dest.kind, dest.name, conf))
+        self.forks.append(fork)
+        log.info("call %s → %s via %s %s", self.caller, dest.number, dest.kind, dest.name)
+        fork.send()
+
+    def _add_diversion(self, h: Headers, domain: str, style: str, target: str) -> None:
+        """Tell the carrier who forwarded: Diversion (RFC 5806) or History-Info (RFC 7044)."""
+        if not self.diversions:
+            return
+        host = self.pbx.config.sip.domain or domain
+        if style == "history-info":
+            entries = [f"<sip:{self.diversions[0][0]}@{host}>;index=1"]
+            for i, (_by, reason, tgt) in enumerate(self.diversions, start=1):
+                cause = _CAUSE.get(reason, 480)
+                index = "1" + ".1" * i
+                entries.append(f"<sip:{tgt}@{host};cause={cause}>;index={index}")
+            h.add("history-info", ", ".join(entries))
+            return
+        # RFC 5806 §4: the most recent diversion first; counter per hop.
+        for by, reason, _tgt in reversed(self.diversions):
+            h.add("diversion", f"<sip:{by}@{host}>;reason={reason};counter=1")
 
     def contact_for(self, leg: Leg) -> str:
         ep = self.pbx.endpoint
         user = self.callee if leg is self.a_leg else self.caller
         return f"<{ep.contact_uri(leg.dialog.peer, user)}>"
+
+    # -- A-leg provisional responses (RFC 3262 as UAS) ---------------------------------------
+    def _provisional_to_a(self, r: Response) -> None:
+        ep = self.pbx.endpoint
+        r.headers.add("contact", f"<{ep.contact_uri(self.a_source, self.callee or None)}>")
+        rel = self.rel
+        if rel is None:
+            ep.respond(self.a_txn, r)
+            return
+        self.pbx.dialogs[(self.a_req.call_id, self.a_tag)] = _EarlyA(self)
+        out = rel.send(r, ep.now)
+        if out is not None:
+            ep.respond(self.a_txn, out)
+        self._arm_rel_timer()
+
+    def _arm_rel_timer(self) -> None:
+        if self.rel_timer is not None:
+            self.rel_timer.cancel()
+            self.rel_timer = None
+        rel = self.rel
+        if rel is None:
+            return
+        when = rel.get_timer()
+        if when is not None:
+            self.rel_timer = self.pbx.endpoint.loop.call_at(when, self._on_rel_timer)
+
+    def _on_rel_timer(self) -> None:
+        self.rel_timer = None
+        rel, ep = self.rel, self.pbx.endpoint
+        if rel is None or self.state == "ended":
+            return
+        for r in rel.handle_timer(ep.now):
+            ep.respond(self.a_txn, r)
+        if rel.timed_out and not self.a_final_sent:
+            # RFC 3262 §3: no PRACK within 64*T1, reject the INVITE with a 5xx.
+            for f in self.forks:
+                f.cancel()
+            self._fail(504, "No PRACK for reliable provisional response")
+            return
+        self._arm_rel_timer()
+
+    def on_early_request(self, txn: ServerTransaction, req: Request) -> None:
+        ep = self.pbx.endpoint
+        if req.method != "PRACK" or self.rel is None:
+            self.pbx.reply(txn, 481 if req.method != "UPDATE" else 405)
+            return
+        status = self.rel.on_prack(req, ep.now)
+        self.pbx.reply(txn, status)
+        for r in self.rel.responses_to_send():
+            ep.respond(self.a_txn, r)
+        self._arm_rel_timer()
+        if self.held_final is not None and self.rel.can_send_final(self.held_final.status):
+            held, self.held_final = self.held_final, None
+            self._send_final_to_a(held)
 
     # -- B-leg responses ------------------------------------------------------------
     def on_fork_response(self, fork: Fork, resp: Response) -> None:
@@ -305,14 +663,13 @@ class Call:
             if status == 100:
                 return
             fork.early = True
-            if fork.cancel_wanted:
+            if fork.cancel_wanted or fork.attempt != self.attempt:
                 fork.cancel()
                 return
             if self.state in ("new", "ringing") and not self.a_final_sent:
                 r = make_response(self.a_req, status, resp.reason, to_tag=self.a_tag)
-                r.headers.add("contact", f"<{self.pbx.endpoint.contact_uri(self.a_source, self.callee)}>")
                 _copy_body(resp, r)
-                self.pbx.endpoint.respond(self.a_txn, r)
+                self._provisional_to_a(r)
                 if self.state == "new":
                     self.state = "ringing"
                     self.pbx.bus.publish(CallRinging(self.a_req.call_id, self.caller,
@@ -321,18 +678,26 @@ class Call:
         if status < 300:
             self._on_fork_answered(fork, resp)
             return
+        if status in (401, 407) and fork.challenge(resp):
+            return
         self.on_fork_final(fork, status, resp)
 
     def _on_fork_answered(self, fork: Fork, resp: Response) -> None:
         pbx = self.pbx
         ep = pbx.endpoint
         if fork is self.winner:  # a retransmitted 2xx (RFC 6026 Accepted): re-ACK if we did
-            self.resend_ack(self.b_leg, resp.cseq[0]) if self.b_leg else None
+            if self.b_leg is not None:
+                self.resend_ack(self.b_leg, resp.cseq[0])
             return
         fork.final = resp.status
         dialog = Dialog.as_uac(fork.request, resp, fork.peer)
-        if self.winner is not None or self.a_final_sent:
-            # Too late (another fork won, or the caller gave up): ACK, then BYE (§13.2.2.4).
+        early = fork.early_dialogs.get(dialog.remote_tag)
+        if early is not None:  # PRACKs used CSeq numbers of this dialog already
+            dialog.local_seq = max(dialog.local_seq, early.local_seq)
+        if (self.winner is not None or self.a_final_sent or fork.attempt != self.attempt
+                or self.state == "ended"):
+            # Too late (another fork won, the caller gave up, or the call was forwarded):
+            # ACK, then BYE (§13.2.2.4).
             leg = Leg(self, "b", dialog)
             ep.send_stateless(self._ack(leg, fork.request.cseq[0]), leg.peer)
             self._send_bye(leg)
@@ -343,63 +708,98 @@ class Call:
         for other in self.forks:
             if other is not fork:
                 other.cancel()
+        self._cancel_forward_timer()
+        self._cancel_ring_timer()
         r = make_response(self.a_req, 200, resp.reason or "OK", to_tag=self.a_tag)
         r.headers.add("contact", f"<{ep.contact_uri(self.a_source, self.callee)}>")
         r.headers.add("allow", pbx.allow)
         _copy_body(resp, r)
         self.a_leg = Leg(self, "a", Dialog.as_uas(self.a_req, r, self.a_source))
         pbx.dialogs[(self.a_req.call_id, self.a_tag)] = self.a_leg
-        self.a_final_sent = True
-        ep.respond(self.a_txn, r)
         self.pending_ack[self.a_leg] = (self.b_leg, fork.request.cseq[0])
         self.state = "answered"
         self.answered_at = time.monotonic()
-        self._cancel_ring_timer()
         log.info("call %s → %s answered", self.caller, self.callee)
         pbx.bus.publish(CallAnswered(self.a_req.call_id, self.caller, self.callee))
+        self._send_final_to_a(r)
 
     def on_fork_final(self, fork: Fork, status: int, resp: Response | None) -> None:
         if fork.final is not None:
             return
         fork.final = status
         fork.final_response = resp
-        if self.a_final_sent or self.winner is not None:
+        if self.a_final_sent or self.winner is not None or fork.attempt != self.attempt:
             return
-        if any(f.final is None for f in self.forks):
+        current = [f for f in self.forks if f.attempt == self.attempt]
+        if any(f.final is None for f in current):
             return
-        best = _best_final(self.forks)
+        best = _best_final(current)
         st = best.final or 480
+        if self._forward_on_failure(best, st):
+            return
         r = make_response(self.a_req, st, best.final_response.reason if best.final_response
                           else None, to_tag=self.a_tag)
         if best.final_response is not None and 300 <= st < 400:
             for c in best.final_response.headers.get_all("contact"):
                 r.headers.add("contact", c)
-        self._final_to_a(r)
+        self._send_final_to_a(r)
         self._end(st, _END_REASON.get(st, "failed"))
 
-    def _final_to_a(self, resp: Response) -> None:
-        if not self.a_final_sent:
-            self.a_final_sent = True
-            self.pbx.endpoint.respond(self.a_txn, resp)
+    def _forward_on_failure(self, best: Fork, status: int) -> bool:
+        """Busy / unreachable forwarding of the ringing extension, and a phone's own 3xx."""
+        ext = self.current_ext
+        if ext is None or best.carrier is not None:
+            return False
+        fw = self.pbx.config.extensions[ext].forward
+        if 300 <= status < 400 and best.final_response is not None:
+            target = _redirect_target(best.final_response)
+            if target:
+                self._forward(ext, target, "deflection")
+                return True
+        if status in (486, 600) and fw.busy:
+            self._forward(ext, fw.busy, "user-busy")
+            return True
+        if status in (408, 480, 503) and fw.unreachable:
+            self._forward(ext, fw.unreachable, "unavailable")
+            return True
+        return False
+
+    def _send_final_to_a(self, resp: Response) -> None:
+        if self.a_final_sent:
+            return
+        rel = self.rel
+        if rel is not None:
+            if not rel.can_send_final(resp.status):
+                self.held_final = resp  # RFC 3262 §3: wait for the PRACK of an SDP 1xx
+                return
+            rel.on_final(resp)
+            self._arm_rel_timer()
+        self.a_final_sent = True
+        self.pbx.endpoint.respond(self.a_txn, resp)
+
+    def _fail(self, status: int, reason: str) -> None:
+        if self.state == "ended":
+            return
+        self._send_final_to_a(make_response(self.a_req, status, reason, to_tag=self.a_tag))
+        self._end(status, _END_REASON.get(status, "failed"))
 
     def _no_answer(self) -> None:
         self.ring_timer = None
         if self.state in ("new", "ringing") and not self.a_final_sent:
             log.info("call %s → %s: no answer", self.caller, self.callee)
-            for f in self.forks:
-                f.cancel()
-            self._final_to_a(make_response(self.a_req, 408, "Request Timeout", to_tag=self.a_tag))
-            self._end(408, "no-answer")
+            self._abandon_forks()
+            self._fail(408, "Request Timeout")
 
     # -- A-leg events ----------------------------------------------------------------
     def on_cancel(self, invite_txn: ServerTransaction) -> None:
         if self.a_final_sent or self.state == "ended":
             return
         log.info("call %s → %s cancelled by caller", self.caller, self.callee)
-        for f in self.forks:
-            f.cancel()
-        self._final_to_a(make_response(self.a_req, 487, "Request Terminated", to_tag=self.a_tag))
-        self._end(487, "cancelled")
+        self._abandon_forks()
+        self.held_final = None
+        if self.rel is not None:
+            self.rel.on_final(make_response(self.a_req, 487))
+        self._fail(487, "Request Terminated")
 
     def on_ack_timeout(self, txn: ServerTransaction) -> None:
         log.info("call %s → %s: no ACK for 200", self.caller, self.callee)
@@ -407,8 +807,7 @@ class Call:
 
     def on_server_failure(self, txn: ServerTransaction) -> None:
         if self.state in ("new", "ringing"):
-            for f in self.forks:
-                f.cancel()
+            self._abandon_forks()
             self._end(500, "failed")
 
     def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
@@ -423,6 +822,9 @@ class Call:
 
     def on_leg_request(self, leg: Leg, txn: ServerTransaction, req: Request) -> None:
         pbx = self.pbx
+        if req.method == "PRACK" and leg is self.a_leg and self.rel is not None:
+            pbx.reply(txn, self.rel.on_prack(req, pbx.endpoint.now))
+            return
         if not leg.dialog.check_remote_cseq(req):
             pbx.reply(txn, 500, "Out of order CSeq")
             return
@@ -486,9 +888,10 @@ class Call:
             self._send_bye(self.b_leg)
             self._end(200, reason)
             return
-        for f in self.forks:
-            f.cancel()
-        self._final_to_a(make_response(self.a_req, 503, "Service Unavailable", to_tag=self.a_tag))
+        self._abandon_forks()
+        self.held_final = None
+        self._send_final_to_a(make_response(self.a_req, 503, "Service Unavailable",
+                                            to_tag=self.a_tag))
         self._end(503, reason)
 
     def _cancel_ring_timer(self) -> None:
@@ -501,8 +904,13 @@ class Call:
             return
         self.state = "ended"
         self._cancel_ring_timer()
+        self._cancel_forward_timer()
+        if self.rel_timer is not None:
+            self.rel_timer.cancel()
+            self.rel_timer = None
         pbx = self.pbx
         pbx.calls.discard(self)
+        pbx.dialogs.pop((self.a_req.call_id, self.a_tag), None)
         for leg in (self.a_leg, self.b_leg):
             if leg is not None:
                 pbx.dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)
@@ -511,6 +919,24 @@ class Call:
                  status, duration)
         pbx.bus.publish(CallEnded(self.a_req.call_id, self.caller, self.callee,
                                   200 if self.answered_at else status, reason, duration))
+
+
+def _redirect_target(resp: Response) -> str | None:
+    """The number a phone's 3xx points at (its first Contact's user part)."""
+    try:
+        contacts = resp.contacts
+    except ParseError:
+        return None
+    for c in contacts:
+        try:
+            uri = c.parsed_uri
+        except ParseError:
+            continue
+        if isinstance(uri, TelURI):
+            return uri.digits
+        if isinstance(uri, SipURI) and uri.user:
+            return normalize(uri.user)
+    return None
 
 
 def _best_final(forks: list[Fork]) -> Fork:

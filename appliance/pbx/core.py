@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import ipaddress
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -9,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..bus import Bus
 from ..sip.dialog import new_tag
 from ..sip.digest import DigestServer
+from ..sip.dns import DnsError, SipResolver
 from ..sip.endpoint import Endpoint
 from ..sip.message import NameAddr, ParseError, Request, Response, make_response
 from ..sip.transaction import (
@@ -22,6 +25,9 @@ from ..sip.transaction import (
     TransportError,
 )
 from ..sip.uri import SipURI
+from ..store.config import ConfigError, ConfigStore
+from .dialplan import parse_feature
+from .line import LineRegistration, is_address_of
 from .location import Binding, Location
 from .registrar import Registrar
 
@@ -40,9 +46,13 @@ class Pbx:
     """Registrar plus back-to-back user agent for calls between extensions."""
 
     def __init__(self, endpoint: Endpoint, config: Config, location: Location, bus: Bus,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, store: ConfigStore | None = None) -> None:
         self.endpoint = endpoint
-        self.config = config
+        self._config = config
+        self.store = store
+        self.lines: dict[str, LineRegistration] = {}
+        self.resolver = SipResolver(_nameservers(config))
+        self._host_addresses: dict[str, set[str]] = {}  # line/trunk host → addresses seen
         self.location = location
         self.bus = bus
         realm = config.sip.domain or "appliance"
@@ -75,6 +85,95 @@ class Pbx:
         transport = uri.transport or ("tls" if uri.secure else "udp")
         port = uri.port or (5061 if transport == "tls" else 5060)
         return Peer(transport, uri.host_bare, port)
+
+    # -- configuration ------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, cfg: Config) -> None:
+        """A reloaded config.yaml: new credentials apply at once, lines re-register."""
+        old = self._config
+        self._config = cfg
+        self.digest.algorithms = tuple(cfg.sip.auth_algorithms)
+        if cfg.dns != old.dns:
+            self.resolver = SipResolver(_nameservers(cfg))
+        if cfg.lines != old.lines or cfg.system.language != old.system.language:
+            self.start_lines()
+
+    def start_lines(self) -> None:
+        for reg in self.lines.values():
+            reg.stop()
+        self.lines = {name: LineRegistration(self, name, line)
+                      for name, line in self._config.lines.items()}
+        for reg in self.lines.values():
+            reg.start()
+
+    def stop_lines(self) -> None:
+        for reg in self.lines.values():
+            reg.stop()
+
+    async def resolve(self, host: str, port: int | None, transport: str) -> list[Peer]:
+        """RFC 3263 targets for a line or trunk host (failed ones last)."""
+        try:
+            peers = await self.resolver.resolve(host, port, transport)
+        except DnsError as e:
+            log.warning("cannot resolve %s: %s", host, e)
+            return []
+        self._host_addresses[host.lower()] = {p.host for p in peers}
+        return peers
+
+    def carrier_of(self, source: Peer, req: Request) -> tuple[str, str, Any] | None:
+        """The line or trunk an INVITE comes from, by source address (trunks: their
+        configured peers, else their host's addresses; lines: their provider's)."""
+        cfg = self._config
+        for name, trunk in cfg.trunks.items():
+            allowed = trunk.peers or self._known_addresses(trunk.host)
+            if trunk.allow_any_source or is_address_of(source.host, allowed):
+                return "trunk", name, trunk
+        for name, line in cfg.lines.items():
+            reg = self.lines.get(name)
+            known = self._known_addresses(line.host)
+            if reg is not None and reg.peer is not None:
+                known = [*known, reg.peer.host]
+            if is_address_of(source.host, known):
+                return "line", name, line
+        return None
+
+    def _known_addresses(self, host: str) -> list[str]:
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            return [host.strip("[]")]
+        except ValueError:
+            return list(self._host_addresses.get(host.lower(), ()))
+
+    def feature_code(self, txn: ServerTransaction, ext: str, code: str) -> None:
+        """`*90*NUMBER#` … `*93#`: set or clear forwarding from the phone."""
+        feature = parse_feature(code)
+        if feature is None or self.store is None:
+            self.reply(txn, 404, "Unknown feature code")
+            return
+        cfg = copy.deepcopy(self._config)
+        fwd = cfg.extensions[ext].forward
+        setattr(fwd, feature.kind, feature.target)
+        done = (f"Forwarding {feature.kind.replace('_', ' ')} to {feature.target}"
+                if feature.target else f"Forwarding {feature.kind.replace('_', ' ')} cleared")
+        store = self.store
+
+        async def save() -> None:
+            try:
+                await self.endpoint.loop.run_in_executor(None, store.save, cfg)
+            except (ConfigError, OSError) as e:
+                log.error("feature code %s from %s not saved: %s", code, ext, e)
+                self.reply(txn, 500, "Could not save the setting")
+                return
+            self.config = cfg
+            log.info("extension %s: %s", ext, done)
+            # No media yet to play a confirmation: the reason phrase carries it.
+            self.reply(txn, 603, done)
+
+        self.endpoint.loop.create_task(save())
 
     # -- helpers used by the registrar and calls ------------------------------
     def password_of(self, user: str) -> str | None:
@@ -164,3 +263,15 @@ class Pbx:
         for call in calls:
             call.terminate("shutdown")
         return len(calls)
+
+
+def _nameservers(cfg: Config) -> list[tuple[str, int]] | None:
+    """`dns.servers` from config.yaml as (IP, port) pairs; None: the system resolver."""
+    out = []
+    for spec in cfg.dns.servers:
+        host, sep, port = spec.rpartition(":")
+        if sep and host and "." in host and port.isdigit():
+            out.append((host, int(port)))
+        else:
+            out.append((spec.strip("[]"), 53))
+    return out or None

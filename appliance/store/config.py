@@ -119,6 +119,93 @@ def _domain(value: Any, raw: str | None) -> str | None:
     raise _Invalid(f"must be a host name, an IP address or null (any), got {_show(value)}")
 
 
+_DIGITS = re.compile(r"[0-9*#+]*")
+_PARAMS = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$=;%]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+
+
+def _host(value: Any, raw: str | None) -> str:
+    r = _domain(value, raw)
+    if r is None:
+        raise _Invalid("must be a host name or an IP address")
+    return r
+
+
+def _optional_port(value: Any, raw: str | None) -> int | None:
+    return None if value is None else _PORT(value, raw)
+
+
+def _dial_string(optional: bool = False) -> Check:
+    """Digits as dialled: 0-9, *, # and a leading + (E.164)."""
+
+    def check(value: Any, raw: str | None) -> str | None:
+        if value is None and optional:
+            return None
+        if value is not None and not isinstance(value, str) and raw is not None:
+            value = raw
+        if not isinstance(value, str) or _DIGITS.fullmatch(value) is None:
+            raise _Invalid(f"must be a dial string of 0-9, *, # and +, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _uri_params(optional: bool) -> Check:
+    """Request-URI parameters to append, e.g. `user=phone` or `user=phone;foo=bar`."""
+
+    def check(value: Any, raw: str | None) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or _PARAMS.fullmatch(value) is None:
+            raise _Invalid(f"must be URI parameters such as 'user=phone', got {_show(value)}")
+        return value.strip(";")
+
+    return check
+
+
+def _boolean(value: Any, raw: str | None) -> bool:
+    if type(value) is not bool:
+        raise _Invalid(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _ip_list(value: Any, raw: str | None) -> list[str]:
+    if not isinstance(value, list):
+        raise _Invalid(f"must be a list of IP addresses or networks, got {_show(value)}")
+    for v in value:
+        try:
+            ipaddress.ip_network(str(v), strict=False)
+        except ValueError:
+            raise _Invalid(f"{v!r} is not an IP address or network") from None
+    return [str(v) for v in value]
+
+
+def _resolvers(value: Any, raw: str | None) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise _Invalid(f"must be a non-empty list of IP addresses, got {_show(value)}")
+    for v in value:
+        host = str(v).rsplit(":", 1)[0] if str(v).count(":") == 1 else str(v)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise _Invalid(f"{v!r} is not an IP address (optionally :port)") from None
+    return [str(v) for v in value]
+
+
+def _resolvers_or_none(value: Any, raw: str | None) -> list[str]:
+    return [] if value == [] else _resolvers(value, raw)
+
+
+def _target(value: Any, raw: str | None) -> str:
+    if value in ("extension", "feature") or (
+        isinstance(value, str) and value.split(":", 1)[0] in ("line", "trunk")
+        and _NAME.fullmatch(value.split(":", 1)[-1] or "") is not None
+    ):
+        return value
+    raise _Invalid("must be extension, feature, line:NAME or trunk:NAME, "
+                   f"got {_show(value)}")
+
+
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 
 
@@ -129,6 +216,21 @@ def _algorithms(value: Any, raw: str | None) -> list[str]:
         raise _Invalid(f"must be a list of distinct values from {', '.join(DIGEST_ALGORITHMS)}, "
                        f"got {_show(value)}")
     return list(value)
+
+
+def _name(value: Any, raw: str | None) -> str:
+    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+        raise _Invalid(f"names are letters, digits, - and _ (up to 32), got {_show(value)}")
+    return value
+
+
+def _route_target_exists(cfg: Any, route: Any) -> bool:
+    kind, _, name = route.target.partition(":")
+    if kind == "line":
+        return name in cfg.lines
+    if kind == "trunk":
+        return name in cfg.trunks
+    return True
 
 
 def _number(value: Any, raw: str | None) -> str:
@@ -199,9 +301,89 @@ class SipConfig:
 
 
 @dataclass
+class Forwarding:
+    """Call forwarding of one extension (to an extension or an outside number)."""
+
+    unconditional: str | None = _leaf(None, _dial_string(optional=True))
+    busy: str | None = _leaf(None, _dial_string(optional=True))
+    no_answer: str | None = _leaf(None, _dial_string(optional=True))
+    no_answer_after: int = _leaf(20, integer(1, 300))
+    unreachable: str | None = _leaf(None, _dial_string(optional=True))
+
+
+@dataclass
 class Extension:
     password: str = field(metadata={"check": text(4, 128)})
     name: str = _leaf("", text(0, 64))
+    forward: Forwarding = field(default_factory=Forwarding, metadata={"section": Forwarding})
+
+
+_TRANSPORT = choice("udp", "tcp", "tls")
+_FORWARD_HEADER = choice("diversion", "history-info")
+
+
+@dataclass
+class Line:
+    """An account the box registers with at a VoIP provider."""
+
+    host: str = field(metadata={"check": _host})
+    account: str = field(metadata={"check": text(1, 64)})
+    password: str = field(metadata={"check": text(1, 128)})
+    port: int | None = _leaf(None, _optional_port)  # None: RFC 3263 (SRV) or 5060/5061
+    transport: str = _leaf("udp", _TRANSPORT)
+    auth_user: str | None = _leaf(None, text(1, 64, optional=True))  # None: the account
+    domain: str | None = _leaf(None, _domain)  # AOR domain; None: the host
+    expires: int = _leaf(3600, integer(60, 86_400))
+    register: bool = _leaf(True, _boolean)
+    prefix: str = _leaf("9", _dial_string())
+    caller_id: str | None = _leaf(None, _dial_string(optional=True))
+    inbound: str | None = _leaf(None, _dial_string(optional=True))  # extension for calls in
+    ruri_params: str | None = _leaf(None, _uri_params(optional=True))  # None: by language
+    disable_100rel: bool = _leaf(False, _boolean)
+    forward_header: str = _leaf("diversion", _FORWARD_HEADER)
+
+
+@dataclass
+class Trunk:
+    """A server-to-server SIP trunk: no registration, calls accepted from its peers only."""
+
+    host: str = field(metadata={"check": _host})
+    port: int | None = _leaf(None, _optional_port)
+    transport: str = _leaf("udp", _TRANSPORT)
+    peers: list[str] = field(default_factory=list, metadata={"check": _ip_list})
+    allow_any_source: bool = _leaf(False, _boolean)
+    prefix: str | None = _leaf(None, _dial_string(optional=True))
+    caller_id: str | None = _leaf(None, _dial_string(optional=True))
+    inbound: str | None = _leaf(None, _dial_string(optional=True))
+    ruri_params: str = _leaf("", _uri_params(optional=False))
+    disable_100rel: bool = _leaf(False, _boolean)
+    forward_header: str = _leaf("diversion", _FORWARD_HEADER)
+
+
+@dataclass
+class Route:
+    """One dial-plan rule; rules are tried in order, the first match wins."""
+
+    target: str = field(metadata={"check": _target})
+    prefix: str = _leaf("", _dial_string())
+    min_length: int = _leaf(1, integer(1, 32))
+    max_length: int = _leaf(32, integer(1, 32))
+    strip: int = _leaf(0, integer(0, 32))
+    prepend: str = _leaf("", _dial_string())
+
+    RULES: ClassVar[list[Rule]] = [
+        ("max_length", lambda r: r.max_length >= r.min_length, "must be >= min_length"),
+        ("strip", lambda r: r.strip <= r.max_length, "must be <= max_length"),
+    ]
+
+
+@dataclass
+class DnsConfig:
+    # servers: resolvers for lines and trunks (empty: the system's /etc/resolv.conf)
+    servers: list[str] = field(default_factory=list, metadata={"check": _resolvers_or_none})
+    # reference: resolvers the DNS check compares the system's answers with
+    reference: list[str] = field(default_factory=lambda: ["119.29.29.29", "223.5.5.5"],
+                                 metadata={"check": _resolvers})
 
 
 @dataclass
@@ -212,9 +394,38 @@ class Config:
     extensions: dict[str, Extension] = field(
         default_factory=dict, metadata={"entries": Extension, "key": _number}
     )
+    lines: dict[str, Line] = field(
+        default_factory=dict, metadata={"entries": Line, "key": _name}
+    )
+    trunks: dict[str, Trunk] = field(
+        default_factory=dict, metadata={"entries": Trunk, "key": _name}
+    )
+    routes: list[Route] = field(default_factory=list, metadata={"items": Route})
+    dns: DnsConfig = field(default_factory=DnsConfig, metadata={"section": DnsConfig})
+
+    RULES: ClassVar[list[Rule]] = [
+        ("lines", lambda c: all(ln.inbound is None or ln.inbound in c.extensions
+                                for ln in c.lines.values()),
+         "inbound must name an existing extension"),
+        ("trunks", lambda c: all(t.inbound is None or t.inbound in c.extensions
+                                 for t in c.trunks.values()),
+         "inbound must name an existing extension"),
+        ("routes", lambda c: all(_route_target_exists(c, r) for r in c.routes),
+         "every line:NAME / trunk:NAME target must exist"),
+    ]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data as written to the file: unset optional keys and untouched
+        forwarding settings are left out so that the file stays readable."""
+        d = dataclasses.asdict(self)
+        no_forward = dataclasses.asdict(Forwarding())
+        for ext in d["extensions"].values():
+            if ext["forward"] == no_forward:
+                del ext["forward"]
+        for table in ("lines", "trunks"):
+            for name, entry in d[table].items():
+                d[table][name] = {k: v for k, v in entry.items() if v is not None}
+        return d
 
     def to_yaml(self) -> str:
         body = yaml.safe_dump(
@@ -285,6 +496,13 @@ def _value(f: dataclasses.Field, value: Any, path: KeyPath, src: _Source) -> Any
     meta = f.metadata
     if "section" in meta:
         return _section(meta["section"], value, path, src)
+    if "items" in meta:
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            raise src.error(path, f"must be a list, got {_show(value)}")
+        return [_section(meta["items"], item, path + (str(i + 1),), src)
+                for i, item in enumerate(value)]
     if "entries" in meta:
         if value is None:
             value = {}
@@ -347,6 +565,13 @@ def _plain(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, src: _Source
             src.lines[sub] = line
             out[key] = _plain(loader, value_node, sub, src)
         return out
+    if isinstance(node, yaml.SequenceNode) and node.tag == "tag:yaml.org,2002:seq":
+        items = []
+        for i, item in enumerate(node.value):
+            sub = path + (str(i + 1),)
+            src.lines[sub] = item.start_mark.line + 1
+            items.append(_plain(loader, item, sub, src))
+        return items
     if isinstance(node, yaml.ScalarNode) and node.style is None:
         src.raw[path] = node.value
     return loader.construct_object(node, deep=True)
