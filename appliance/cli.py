@@ -1,4 +1,4 @@
-"""Command line: `appliance run` and `appliance extension add|list|remove`.
+"""Command line: `appliance run`, `extension|line|trunk|route add|list|remove`, `dns-check`.
 
 Exit codes: 0 success, 1 invalid config.yaml, 2 usage errors and refused edits.
 """
@@ -17,6 +17,9 @@ from appliance.store.config import (
     ConfigError,
     ConfigStore,
     Extension,
+    Line,
+    Route,
+    Trunk,
     is_extension_number,
     new_password,
 )
@@ -79,7 +82,77 @@ def build_parser() -> argparse.ArgumentParser:
     rm = actions.add_parser("remove", parents=[common], help="remove an extension")
     rm.add_argument("number")
     rm.set_defaults(handler=_extension_remove)
+
+    _carrier_commands(commands, common, "line", Line, LINE_OPTIONS)
+    _carrier_commands(commands, common, "trunk", Trunk, TRUNK_OPTIONS)
+
+    rte = commands.add_parser("route", parents=[common], help="manage dial-plan rules")
+    ractions = rte.add_subparsers(dest="action", required=True, metavar="ACTION")
+    radd = ractions.add_parser("add", parents=[common], help="add a rule (tried in order)")
+    radd.add_argument("--target", required=True,
+                      help="extension, feature, line:NAME or trunk:NAME")
+    radd.add_argument("--prefix", default="")
+    radd.add_argument("--min-length", type=int, default=1)
+    radd.add_argument("--max-length", type=int, default=32)
+    radd.add_argument("--strip", type=int, default=0)
+    radd.add_argument("--prepend", default="")
+    radd.add_argument("--position", type=int, help="1-based place in the list (default: last)")
+    radd.set_defaults(handler=_route_add)
+    rlist = ractions.add_parser("list", parents=[common], help="list rules")
+    rlist.set_defaults(handler=_route_list)
+    rrm = ractions.add_parser("remove", parents=[common], help="remove a rule by number")
+    rrm.add_argument("index", type=int)
+    rrm.set_defaults(handler=_route_remove)
+
+    dns = commands.add_parser("dns-check", parents=[common],
+                              help="compare DNS answers for every line and trunk host")
+    dns.add_argument("hosts", nargs="*", help="hosts to check (default: from config.yaml)")
+    dns.add_argument("--reference", action="append",
+                     help="reference resolver IP[:port] (default: dns.reference)")
+    dns.add_argument("--system", help="resolver(s) to treat as the system's, IP[:port],...")
+    dns.set_defaults(handler=_dns_check)
     return parser
+
+
+# (option, field, kind) for `line add` / `trunk add`; kind: str, int, flag, list
+LINE_OPTIONS = [
+    ("--host", "host", str), ("--account", "account", str), ("--password", "password", str),
+    ("--port", "port", int), ("--transport", "transport", str),
+    ("--auth-user", "auth_user", str), ("--domain", "domain", str),
+    ("--expires", "expires", int), ("--prefix", "prefix", str),
+    ("--caller-id", "caller_id", str), ("--inbound", "inbound", str),
+    ("--ruri-params", "ruri_params", str), ("--forward-header", "forward_header", str),
+    ("--disable-100rel", "disable_100rel", "flag"), ("--no-register", "register", "noflag"),
+]
+TRUNK_OPTIONS = [
+    ("--host", "host", str), ("--port", "port", int), ("--transport", "transport", str),
+    ("--peer", "peers", "list"), ("--allow-any-source", "allow_any_source", "flag"),
+    ("--prefix", "prefix", str), ("--caller-id", "caller_id", str),
+    ("--inbound", "inbound", str), ("--ruri-params", "ruri_params", str),
+    ("--forward-header", "forward_header", str), ("--disable-100rel", "disable_100rel", "flag"),
+]
+
+
+def _carrier_commands(commands, common, kind: str, cls: type, options: list) -> None:
+    sub = commands.add_parser(kind, parents=[common], help=f"manage {kind}s")
+    actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", parents=[common], help=f"add or replace a {kind}")
+    add.add_argument("name")
+    for opt, dest, typ in options:
+        if typ == "flag":
+            add.add_argument(opt, dest=dest, action="store_true", default=None)
+        elif typ == "noflag":
+            add.add_argument(opt, dest=dest, action="store_false", default=None)
+        elif typ == "list":
+            add.add_argument(opt, dest=dest, action="append")
+        else:
+            add.add_argument(opt, dest=dest, type=typ)
+    add.set_defaults(handler=lambda a: _carrier_add(a, kind, cls, options))
+    lst = actions.add_parser("list", parents=[common], help=f"list {kind}s")
+    lst.set_defaults(handler=lambda a: _carrier_list(a, kind))
+    rm = actions.add_parser("remove", parents=[common], help=f"remove a {kind}")
+    rm.add_argument("name")
+    rm.set_defaults(handler=lambda a: _carrier_remove(a, kind))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +229,103 @@ def _extension_remove(args: argparse.Namespace) -> int:
     store.save(dataclasses.replace(cfg, extensions=remaining))
     print(f"removed extension {number}")
     return 0
+
+
+def _table(cfg: Config, kind: str) -> dict:
+    return cfg.lines if kind == "line" else cfg.trunks
+
+
+def _carrier_add(args: argparse.Namespace, kind: str, cls: type, options: list) -> int:
+    store, cfg = _open(args)
+    values = {dest: getattr(args, dest) for _, dest, _ in options
+              if getattr(args, dest) is not None}
+    try:
+        entry = cls(**values)
+    except TypeError:
+        need = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        return _fail(f"{kind} {args.name}: needs " + ", ".join(f"--{n.replace('_', '-')}"
+                                                               for n in need))
+    table = {**_table(cfg, kind), args.name: entry}
+    new = dataclasses.replace(cfg, **{f"{kind}s": table})
+    try:
+        store.save(new)
+    except ConfigError as e:
+        return _fail(f"{kind} {args.name} refused: {e}")
+    print(f"saved {kind} {args.name}")
+    return 0
+
+
+def _carrier_list(args: argparse.Namespace, kind: str) -> int:
+    _, cfg = _open(args)
+    for name, entry in _table(cfg, kind).items():
+        d = {k: v for k, v in dataclasses.asdict(entry).items()
+             if v not in (None, "", []) and k != "password"}
+        print(name + "  " + "  ".join(f"{k}={v}" for k, v in d.items()))
+    return 0
+
+
+def _carrier_remove(args: argparse.Namespace, kind: str) -> int:
+    store, cfg = _open(args)
+    table = dict(_table(cfg, kind))
+    if args.name not in table:
+        return _fail(f"no {kind} {args.name}")
+    del table[args.name]
+    try:
+        store.save(dataclasses.replace(cfg, **{f"{kind}s": table}))
+    except ConfigError as e:  # e.g. a route still points at it
+        return _fail(f"{kind} {args.name} cannot be removed: {e}")
+    print(f"removed {kind} {args.name}")
+    return 0
+
+
+def _route_add(args: argparse.Namespace) -> int:
+    store, cfg = _open(args)
+    rule = Route(target=args.target, prefix=args.prefix, min_length=args.min_length,
+                 max_length=args.max_length, strip=args.strip, prepend=args.prepend)
+    routes = list(cfg.routes)
+    pos = len(routes) if args.position is None else max(0, args.position - 1)
+    routes.insert(pos, rule)
+    try:
+        store.save(dataclasses.replace(cfg, routes=routes))
+    except ConfigError as e:
+        return _fail(f"route refused: {e}")
+    print(f"added route {pos + 1}")
+    return 0
+
+
+def _route_list(args: argparse.Namespace) -> int:
+    _, cfg = _open(args)
+    for i, r in enumerate(cfg.routes, start=1):
+        print(f"{i}  prefix={r.prefix!r} length={r.min_length}-{r.max_length} "
+              f"strip={r.strip} prepend={r.prepend!r} -> {r.target}")
+    return 0
+
+
+def _route_remove(args: argparse.Namespace) -> int:
+    store, cfg = _open(args)
+    if not 1 <= args.index <= len(cfg.routes):
+        return _fail(f"no route {args.index}")
+    routes = [r for i, r in enumerate(cfg.routes, start=1) if i != args.index]
+    store.save(dataclasses.replace(cfg, routes=routes))
+    print(f"removed route {args.index}")
+    return 0
+
+
+def _dns_check(args: argparse.Namespace) -> int:
+    from appliance.dnscheck import main_dns_check
+
+    hosts = list(args.hosts)
+    if not hosts:
+        _, cfg = _open(args)
+        hosts = sorted({c.host for c in (*cfg.lines.values(), *cfg.trunks.values())})
+        reference = args.reference or list(cfg.dns.reference)
+    else:
+        reference = args.reference
+    if not hosts:
+        print("no line or trunk hosts configured; name hosts to check")
+        return 0
+    return main_dns_check(hosts, reference, args.system)
 
 
 if __name__ == "__main__":

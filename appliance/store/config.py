@@ -224,15 +224,6 @@ def _name(value: Any, raw: str | None) -> str:
     return value
 
 
-def _route_target_exists(cfg: Any, route: Any) -> bool:
-    kind, _, name = route.target.partition(":")
-    if kind == "line":
-        return name in cfg.lines
-    if kind == "trunk":
-        return name in cfg.trunks
-    return True
-
-
 def _number(value: Any, raw: str | None) -> str:
     if not is_extension_number(value):
         raise _Invalid(f"extension numbers must be 2-8 digits, got {_show(value)}")
@@ -334,6 +325,7 @@ class Line:
     auth_user: str | None = _leaf(None, text(1, 64, optional=True))  # None: the account
     domain: str | None = _leaf(None, _domain)  # AOR domain; None: the host
     expires: int = _leaf(3600, integer(60, 86_400))
+    retry_interval: int = _leaf(30, integer(1, 3600))  # seconds before the first retry
     register: bool = _leaf(True, _boolean)
     prefix: str = _leaf("9", _dial_string())
     caller_id: str | None = _leaf(None, _dial_string(optional=True))
@@ -403,16 +395,19 @@ class Config:
     routes: list[Route] = field(default_factory=list, metadata={"items": Route})
     dns: DnsConfig = field(default_factory=DnsConfig, metadata={"section": DnsConfig})
 
-    RULES: ClassVar[list[Rule]] = [
-        ("lines", lambda c: all(ln.inbound is None or ln.inbound in c.extensions
-                                for ln in c.lines.values()),
-         "inbound must name an existing extension"),
-        ("trunks", lambda c: all(t.inbound is None or t.inbound in c.extensions
-                                 for t in c.trunks.values()),
-         "inbound must name an existing extension"),
-        ("routes", lambda c: all(_route_target_exists(c, r) for r in c.routes),
-         "every line:NAME / trunk:NAME target must exist"),
-    ]
+    def problems(self) -> list[tuple[KeyPath, str]]:
+        """Cross-references between sections, each named by its own key path."""
+        out: list[tuple[KeyPath, str]] = []
+        for table in ("lines", "trunks"):
+            for name, entry in getattr(self, table).items():
+                if entry.inbound is not None and entry.inbound not in self.extensions:
+                    out.append(((table, name, "inbound"),
+                                f"no extension {entry.inbound!r} to send calls to"))
+        for i, r in enumerate(self.routes, start=1):
+            kind, _, name = r.target.partition(":")
+            if kind in ("line", "trunk") and name not in getattr(self, kind + "s"):
+                out.append((("routes", str(i), "target"), f"there is no {kind} {name!r}"))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data as written to the file: unset optional keys and untouched
@@ -486,6 +481,8 @@ def _section(cls: type, data: Any, path: KeyPath, src: _Source) -> Any:
         elif f.default is MISSING and f.default_factory is MISSING:
             raise src.error(path + (name,), "required")
     obj = cls(**values)
+    for sub, message in obj.problems() if hasattr(obj, "problems") else ():
+        raise src.error(path + sub, message)
     for key, ok, message in getattr(cls, "RULES", ()):
         if not ok(obj):
             raise src.error(path + (key,), f"{message}, got {getattr(obj, key)!r}")
