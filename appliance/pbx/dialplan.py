@@ -8,6 +8,7 @@ dials out with `9` + number as small-office PBXs do.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -68,6 +69,7 @@ def route(cfg: Config, dialled: str) -> Destination | None:
 # *90 unconditional, *91 busy, *92 no answer, *93 unreachable (as miniSIPServer does):
 # `*9N*NUMBER#` sets, `*9N#` clears.
 FORWARD_KINDS = {"90": "unconditional", "91": "busy", "92": "no_answer", "93": "unreachable"}
+_FORWARD_TARGET = re.compile(r"\+?[0-9][0-9*]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,7 @@ class FeatureCode:
 
 def parse_feature(code: str) -> FeatureCode | None:
     code = normalize(code)
-    if not code.startswith("*") or len(code) < 4:
+    if not code.startswith("*") or len(code) < 3:  # `*90`: phones whose send key is #
         return None
     kind = FORWARD_KINDS.get(code[1:3])
     if kind is None:
@@ -89,6 +91,6 @@ def parse_feature(code: str) -> FeatureCode | None:
         return FeatureCode("clear-forward", kind)
     if rest.startswith("*"):
         target = rest[1:].rstrip("#")
-        if target and all(c in "0123456789+*" for c in target):
+        if _FORWARD_TARGET.fullmatch(target):  # a number, not `*` alone (a feature code)
             return FeatureCode("set-forward", kind, target)
     return None
