@@ -51,7 +51,7 @@ _END_REASON = {486: "busy", 600: "busy", 408: "no-answer", 480: "unavailable", 4
                603: "declined", 404: "not-found", 482: "loop"}
 
 # RFC 5806 diversion reasons → RFC 4458 / RFC 7044 History-Info cause codes.
-_CAUSE = {"unconditional": 302, "user-busy": 486, "no-answer": 408, "unavailable": 480,
+_CAUSE = {"unconditional": 302, "user-busy": 486, "no-answer": 408, "unavailable": 503,
           "deflection": 480}
 
 
@@ -570,9 +570,9 @@ class Call:
         h.add("allow", pbx.allow)
         if not conf.disable_100rel:
             add_100rel(h)
-        self._add_diversion(h, domain, conf.forward_header, dest.number)
-        h.add("user-agent", pbx.user_agent)
         uri = with_params(f"sip:{dest.number}@{domain}", params)
+        self._add_diversion(h, domain, conf.forward_header, uri)
+        h.add("user-agent", pbx.user_agent)
         req = Request("INVITE", uri, h)
         _copy_body(self.a_req, req)
         fork = Fork(self, req, peer, (dest.kind, dest.name, conf))
@@ -580,17 +580,21 @@ class Call:
         log.info("call %s → %s via %s %s", self.caller, dest.number, dest.kind, dest.name)
         fork.send()
 
-    def _add_diversion(self, h: Headers, domain: str, style: str, target: str) -> None:
+    def _add_diversion(self, h: Headers, domain: str, style: str, ruri: str) -> None:
         """Tell the carrier who forwarded: Diversion (RFC 5806) or History-Info (RFC 7044)."""
         if not self.diversions:
             return
         host = self.pbx.config.sip.domain or domain
         if style == "history-info":
+            # RFC 7044 §10.3: each retarget nests under the entry it retargets, names it
+            # in `mp` (another user), carries the RFC 4458 cause; the last entry is the
+            # Request-URI as sent.
             entries = [f"<sip:{self.diversions[0][0]}@{host}>;index=1"]
             for i, (_by, reason, tgt) in enumerate(self.diversions, start=1):
                 cause = _CAUSE.get(reason, 480)
-                index = "1" + ".1" * i
-                entries.append(f"<sip:{tgt}@{host};cause={cause}>;index={index}")
+                uri = ruri if i == len(self.diversions) else f"sip:{tgt}@{host}"
+                entries.append(f"<{uri};cause={cause}>;index={'1' + '.1' * i}"
+                               f";mp={'1' + '.1' * (i - 1)}")
             h.add("history-info", ", ".join(entries))
             return
         # RFC 5806 §4: the most recent diversion first; counter per hop.
@@ -823,7 +827,7 @@ class Call:
     def on_leg_request(self, leg: Leg, txn: ServerTransaction, req: Request) -> None:
         pbx = self.pbx
         if req.method == "PRACK" and leg is self.a_leg and self.rel is not None:
-            pbx.reply(txn, self.rel.on_prack(req, pbx.endpoint.now))
+            self.on_early_request(txn, req)  # it may release the 2xx held for this PRACK
             return
         if not leg.dialog.check_remote_cseq(req):
             pbx.reply(txn, 500, "Out of order CSeq")

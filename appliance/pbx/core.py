@@ -126,20 +126,36 @@ class Pbx:
 
     def carrier_of(self, source: Peer, req: Request) -> tuple[str, str, Any] | None:
         """The line or trunk an INVITE comes from, by source address (trunks: their
-        configured peers, else their host's addresses; lines: their provider's)."""
+        configured peers, else their host's addresses; lines: their provider's).
+
+        A phone may share the carrier's address (same host, or behind the same NAT):
+        unless the request comes from the carrier's SIP port, a From naming one of our
+        extensions marks it as a phone, to be challenged like any other."""
         cfg = self._config
         for name, trunk in cfg.trunks.items():
             allowed = trunk.peers or self._known_addresses(trunk.host)
-            if trunk.allow_any_source or is_address_of(source.host, allowed):
+            if ((trunk.allow_any_source or is_address_of(source.host, allowed))
+                    and not self._phone_at(source, req, {_sip_port(trunk)})):
                 return "trunk", name, trunk
         for name, line in cfg.lines.items():
             reg = self.lines.get(name)
             known = self._known_addresses(line.host)
+            ports = {_sip_port(line)}
             if reg is not None and reg.peer is not None:
                 known = [*known, reg.peer.host]
-            if is_address_of(source.host, known):
+                ports.add(reg.peer.port)
+            if is_address_of(source.host, known) and not self._phone_at(source, req, ports):
                 return "line", name, line
         return None
+
+    def _phone_at(self, source: Peer, req: Request, carrier_ports: set[int]) -> bool:
+        if source.port in carrier_ports:
+            return False
+        try:
+            user = getattr(req.from_.parsed_uri, "user", None)
+        except ParseError:
+            return False
+        return user in self._config.extensions
 
     def _known_addresses(self, host: str) -> list[str]:
         try:
@@ -263,6 +279,11 @@ class Pbx:
         for call in calls:
             call.terminate("shutdown")
         return len(calls)
+
+
+def _sip_port(carrier: Any) -> int:
+    """The port a line's or trunk's SIP server uses: configured, else the default."""
+    return carrier.port or (5061 if carrier.transport == "tls" else 5060)
 
 
 def _nameservers(cfg: Config) -> list[tuple[str, int]] | None:

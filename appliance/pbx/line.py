@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.line")
 
-RETRY_MIN = 5.0     # seconds before the first retry after a failure
-RETRY_MAX = 300.0   # back-off ceiling
+RETRY_MAX = 300.0   # back-off ceiling (or the line's retry_interval, if longer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +202,8 @@ class LineRegistration:
     def _failed(self, reason: str) -> None:
         self.failures += 1
         self._set("failed", reason)
-        delay = min(RETRY_MAX, RETRY_MIN * 2 ** (self.failures - 1))
+        first = float(self.line.retry_interval)
+        delay = min(max(RETRY_MAX, first), first * 2 ** min(self.failures - 1, 20))
         self._schedule(delay * random.uniform(0.8, 1.0))
 
 

@@ -38,14 +38,33 @@ class Daemon:
         return f"{self.host}:{self.tls_port if transport == 'tls' else self.port}"
 
 
-def write_config(data: Path, **sip: object) -> None:
-    cfg = {
+# Top-level sections of config.yaml a test may pass to daemon_factory / write_config.
+SECTIONS = ("system", "sip", "extensions", "lines", "trunks", "routes", "dns")
+
+
+def write_config(data: Path, sections: dict[str, object] | None = None, **sip: object) -> None:
+    """config.yaml for a test daemon. `sip` keywords override single `sip:` keys;
+    `sections` gives whole sections: `system` and `sip` are merged into the defaults,
+    `extensions` entries are merged per number into the default ones (add forwarding
+    or new numbers), the others (`lines`, `trunks`, `routes`, `dns`) are taken as given."""
+    sections = dict(sections or {})
+    exts: dict[str, dict] = {n: {"password": p, "name": f"Ext {n}"}
+                             for n, p in PASSWORDS.items()}
+    for n, entry in (sections.pop("extensions", None) or {}).items():
+        exts[n] = {**exts.get(n, {}), **entry}
+    cfg: dict[str, object] = {
         "version": 1,
-        "system": {"language": "en", "name": "test"},
+        "system": {"language": "en", "name": "test", **(sections.pop("system", None) or {})},
         "sip": {"min_expires": 10, "ring_timeout": 30,
-                "auth_algorithms": ["MD5", "SHA-256"], **sip},
-        "extensions": {n: {"password": p, "name": f"Ext {n}"} for n, p in PASSWORDS.items()},
+                "auth_algorithms": ["MD5", "SHA-256"],
+                **(sections.pop("sip", None) or {}), **sip},
+        "extensions": exts,
     }
+    for key in SECTIONS:
+        if key in sections:
+            cfg[key] = sections.pop(key)
+    if sections:
+        raise TypeError(f"unknown config sections: {sorted(sections)}")
     data.mkdir(parents=True, exist_ok=True)
     (data / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
@@ -76,11 +95,16 @@ def start_daemon(data: Path, logdir: Path, *, trace: bool = True,
 def daemon_factory(tmp_path: Path) -> Iterator:
     started: list[Daemon] = []
 
-    def make(env: dict[str, str] | None = None, **sip: object) -> Daemon:
+    def make(env: dict[str, str] | None = None, **kw: object) -> Daemon:
+        """`daemon_factory(ring_timeout=2)` sets `sip:` keys; the names in SECTIONS
+        pass whole sections: `daemon_factory(lines={...}, system={"language": "zh"})`."""
+        sections = {k: kw.pop(k) for k in SECTIONS if k in kw}
         data = tmp_path / f"data{len(started)}"
-        write_config(data, **sip)
+        write_config(data, sections, **kw)
         d = start_daemon(data, tmp_path / "logs", env=env)
         started.append(d)
+        exts = yaml.safe_load((data / "config.yaml").read_text())["extensions"]
+        d.passwords = {n: e["password"] for n, e in exts.items()}
         return d
 
     def restart(d: Daemon) -> Daemon:
