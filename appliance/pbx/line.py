@@ -63,6 +63,7 @@ class LineRegistration:
         self.cseq = random.randint(1, 10_000)
         self.failures = 0
         self.peer: Peer | None = None
+        self.targets: list[Peer] = []
         self.expires = line.expires
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
@@ -114,9 +115,26 @@ class LineRegistration:
         if not peers:
             self._failed(f"cannot resolve {self.line.host}")
             return
-        self.peer = peers[0]
+        self.targets = peers
+        self._try(peers[0])
+
+    def _try(self, peer: Peer) -> None:
+        self.peer = peer
         self._auth_tried = False
         self._send(None)
+
+    def _next_target(self, reason: str) -> None:
+        """RFC 3263 §4.3: on a timeout, transport error or 503, try the next target."""
+        if self.peer is not None:
+            self.pbx.resolver.mark_failed(self.peer)
+            rest = self.targets[self.targets.index(self.peer) + 1:] \
+                if self.peer in self.targets else []
+            if rest:
+                log.info("line %s: %s at %s:%s, trying %s:%s", self.name, reason,
+                         self.peer.host, self.peer.port, rest[0].host, rest[0].port)
+                self._try(rest[0])
+                return
+        self._failed(reason)
 
     def _send(self, authorization: tuple[str, str] | None) -> None:
         assert self.peer is not None
@@ -157,13 +175,17 @@ class LineRegistration:
             else:
                 self._failed("423 without a usable Min-Expires")
         elif 200 <= st < 300:
+            self.pbx.resolver.mark_ok(self.peer) if self.peer else None
             self._on_ok(resp)
+        elif st == 503:
+            self._next_target("503 Service Unavailable")
         else:
             self._failed(f"{st} {resp.reason}")
 
     def on_failure(self, txn: ClientTransaction, status: int) -> None:
         if not self.closed:
-            self._failed("no answer from the provider" if status == 408 else "transport error")
+            self._next_target("no answer from the provider" if status == 408
+                              else "transport error")
 
     def _on_challenge(self, txn: ClientTransaction, resp: Response) -> None:
         name = "www-authenticate" if resp.status == 401 else "proxy-authenticate"

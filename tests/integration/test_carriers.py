@@ -336,3 +336,34 @@ def test_carrier_refusing_prack_still_completes_the_call(three_lines, tmp_path):
     daemon.wait_log("disable_100rel")
     warning = [ln for ln in daemon.log().splitlines() if "disable_100rel" in ln][0]
     assert "refuses" in warning and "405" in warning
+
+
+# -- 6. DNS: a line whose host has SRV records fails over to the next target ----------------
+def test_line_fails_over_to_the_next_srv_target(daemon_factory, sipp_background) -> None:
+    """RFC 3263 §4.3: the first SRV target (priority 10) never answers, so the REGISTER
+    times out there and goes to the priority-20 target, which registers the line."""
+    import socket
+
+    from tests.peers.dnsserver import DnsServer
+
+    live = free_port("both")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead, DnsServer() as dns:
+        dead.bind(("127.0.0.1", 0))  # bound and silent: no ICMP, a real timeout
+        dead.settimeout(10)
+        dead_port = dead.getsockname()[1]
+        dns.set("_sip._udp.carrier.test", "SRV", f"10 0 {dead_port} a.carrier.test.",
+                f"20 0 {live} b.carrier.test.")
+        dns.set("a.carrier.test", "A", "127.0.0.1")
+        dns.set("b.carrier.test", "A", "127.0.0.1")
+        carrier = _carrier(sipp_background, "carrier_uas", live, calls=1, expires=3600)
+        daemon = daemon_factory(
+            sip={"t1_ms": 50},  # Timer F = 64*T1 = 3.2 s
+            dns={"servers": [f"127.0.0.1:{dns.port}"]},
+            lines={"acme": {"host": "carrier.test", "account": ACCOUNT,
+                            "password": LINE_PASSWORD}})
+        daemon.wait_log("line acme: registered", 15)
+        assert f"trying 127.0.0.1:{live}" in daemon.log()
+        assert dead.recv(65535).startswith(b"REGISTER ")  # it did try the first one
+        assert dns.count("_sip._udp.carrier.test", "SRV") >= 1
+        register = carrier.snapshot().received(method="REGISTER")[0]
+        assert register.uri == "sip:carrier.test"
