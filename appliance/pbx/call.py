@@ -441,10 +441,24 @@ class Call:
             self._fail(404, "Not Found")
         elif dest.kind == "extension":
             self._ring_extension(dest.number)
+        elif dest.kind == "room":
+            self._hand_to_room(dest.number)
         elif self.origin != "extension" and not self.diversions:
             self._fail(403, "Forbidden")  # no tandem calls from one carrier to another
         else:
             self._dial_out(dest)
+
+    def _hand_to_room(self, number: str) -> None:
+        """A conference room answers the caller itself (appliance.pbx.conference)."""
+        rooms = self.pbx.conferences
+        if rooms is None:
+            self._fail(404, "Not Found")
+            return
+        self._cancel_ring_timer()
+        self._cancel_forward_timer()
+        self.state = "ended"  # the room owns the A leg from here on
+        self.pbx.calls.discard(self)
+        rooms.admit(self.a_txn, self.a_req, self.a_source, number, self.caller)
 
     def _ring_extension(self, number: str) -> None:
         pbx = self.pbx

@@ -9,6 +9,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..bus import Bus
+from ..media.rtp import PortAllocator
 from ..sip.dialog import new_tag
 from ..sip.digest import DigestServer
 from ..sip.dns import DnsError, SipResolver
@@ -53,6 +54,9 @@ class Pbx:
         self.lines: dict[str, LineRegistration] = {}
         self.resolver = SipResolver(_nameservers(config))
         self._host_addresses: dict[str, set[str]] = {}  # line/trunk host → addresses seen
+        m = config.media
+        self.ports = PortAllocator(range(m.rtp_port_min, m.rtp_port_max + 1))
+        self.conferences: Any = None  # set by appliance.pbx.conference when rooms exist
         self.location = location
         self.bus = bus
         realm = config.sip.domain or "appliance"

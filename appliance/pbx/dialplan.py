@@ -19,7 +19,7 @@ __all__ = ["Destination", "route", "FeatureCode", "parse_feature"]
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    kind: str            # "extension" | "line" | "trunk" | "feature"
+    kind: str            # "extension" | "room" | "line" | "trunk" | "feature"
     number: str          # the number to dial there (after strip and prepend)
     name: str | None = None  # line or trunk name
 
@@ -55,6 +55,8 @@ def route(cfg: Config, dialled: str) -> Destination | None:
         return Destination("feature", number)
     if number in cfg.extensions:
         return Destination("extension", number)
+    if number in cfg.rooms:
+        return Destination("room", number)
     prefixed: list[tuple[str, str, str]] = [
         (ln.prefix, "line", name) for name, ln in cfg.lines.items() if ln.prefix
     ] + [(t.prefix, "trunk", name) for name, t in cfg.trunks.items() if t.prefix]

@@ -218,6 +218,20 @@ def _algorithms(value: Any, raw: str | None) -> list[str]:
     return list(value)
 
 
+def _language_or_none(value: Any, raw: str | None) -> str | None:
+    return None if value is None else choice("en", "zh")(value, raw)
+
+
+def _pin(value: Any, raw: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) and raw is not None:
+        value = raw
+    if not isinstance(value, str) or not value.isdigit() or not 3 <= len(value) <= 12:
+        raise _Invalid("must be 3-12 digits or null (no PIN)")
+    return value
+
+
 def _name(value: Any, raw: str | None) -> str:
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
         raise _Invalid(f"names are letters, digits, - and _ (up to 32), got {_show(value)}")
@@ -370,6 +384,29 @@ class Route:
 
 
 @dataclass
+class Room:
+    """A conference room: callers dial its number, enter the PIN (if any) and join."""
+
+    pin: str | None = _leaf(None, _pin)
+    name: str = _leaf("", text(0, 64))
+    max_participants: int = _leaf(5, integer(2, 500))  # local participants, as shipped
+    language: str | None = _leaf(None, _language_or_none)  # None: system.language
+
+
+@dataclass
+class MediaConfig:
+    rtp_port_min: int = _leaf(10000, integer(1024, 65534))
+    rtp_port_max: int = _leaf(20000, integer(1025, 65535))
+    relay_extension_calls: bool = _leaf(True, _boolean)  # lines and trunks always relay
+    timeout: int = _leaf(60, integer(0, 3600))  # seconds without RTP before BYE (0: never)
+
+    RULES: ClassVar[list[Rule]] = [
+        ("rtp_port_max", lambda m: m.rtp_port_max > m.rtp_port_min + 1,
+         "must leave room for at least one RTP/RTCP pair above rtp_port_min"),
+    ]
+
+
+@dataclass
 class DnsConfig:
     # servers: resolvers for lines and trunks (empty: the system's /etc/resolv.conf)
     servers: list[str] = field(default_factory=list, metadata={"check": _resolvers_or_none})
@@ -393,6 +430,8 @@ class Config:
         default_factory=dict, metadata={"entries": Trunk, "key": _name}
     )
     routes: list[Route] = field(default_factory=list, metadata={"items": Route})
+    rooms: dict[str, Room] = field(default_factory=dict, metadata={"entries": Room, "key": _number})
+    media: MediaConfig = field(default_factory=MediaConfig, metadata={"section": MediaConfig})
     dns: DnsConfig = field(default_factory=DnsConfig, metadata={"section": DnsConfig})
 
     def problems(self) -> list[tuple[KeyPath, str]]:
@@ -403,6 +442,9 @@ class Config:
                 if entry.inbound is not None and entry.inbound not in self.extensions:
                     out.append(((table, name, "inbound"),
                                 f"no extension {entry.inbound!r} to send calls to"))
+        for number in self.rooms:
+            if number in self.extensions:
+                out.append((("rooms", number), "is also an extension number"))
         for i, r in enumerate(self.routes, start=1):
             kind, _, name = r.target.partition(":")
             if kind in ("line", "trunk") and name not in getattr(self, kind + "s"):
@@ -417,7 +459,7 @@ class Config:
         for ext in d["extensions"].values():
             if ext["forward"] == no_forward:
                 del ext["forward"]
-        for table in ("lines", "trunks"):
+        for table in ("lines", "trunks", "rooms"):
             for name, entry in d[table].items():
                 d[table][name] = {k: v for k, v in entry.items() if v is not None}
         return d
