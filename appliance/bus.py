@@ -52,6 +52,44 @@ class CallEnded:
     status: int          # final status of the INVITE (200 for an answered call)
     reason: str          # "hangup", "cancelled", "busy", "no-answer", "unavailable", ...
     duration: float      # seconds of talk (0 when never answered)
+    # per leg ("a" caller side, "b" callee side) when the box relayed the audio:
+    # {"packets", "lost", "jitter_ms", "remote": {... from the peer's RTCP}}
+    media: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfReceived:
+    call_id: str
+    leg: str             # "a" (caller) or "b" (callee)
+    digit: str
+    method: str          # "rfc4733" or "info"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomJoined:
+    room: str
+    call_id: str
+    caller: str
+    count: int           # participants in the room now, this one included
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLeft:
+    room: str
+    call_id: str
+    caller: str
+    count: int           # participants left in the room
+    reason: str          # "hangup", "media-timeout", "shutdown", "ack-timeout", ...
+    duration: float      # seconds in the room
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRefused:
+    room: str
+    call_id: str
+    caller: str
+    status: int          # 486 (room full), or 0 when hung up after wrong PINs
+    reason: str          # "full", "wrong-pin", "no-pin", ...
 
 
 class Bus:

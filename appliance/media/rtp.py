@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -72,7 +73,9 @@ class PortAllocator:
         if not self._ports:
             raise ValueError(f"no even port pair in {ports}")
         self._free = set(self._ports)
-        self._next = 0
+        # Start somewhere random: two daemons (or a restart while old sockets linger)
+        # then rarely walk into each other's ports.
+        self._next = secrets.randbelow(len(self._ports))
 
     def __len__(self) -> int:
         return len(self._ports)

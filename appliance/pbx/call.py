@@ -17,7 +17,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..bus import CallAnswered, CallEnded, CallRinging
+from ..bus import CallAnswered, CallEnded, CallRinging, DtmfReceived
+from ..media.dtmf import parse_dtmf_info
+from ..media.rtp import PortsExhausted
 from ..sip.dialog import Dialog, new_call_id, new_tag
 from ..sip.digest import DigestError, answer_challenge, parse_challenge, select_challenge
 from ..sip.message import Headers, NameAddr, ParseError, Request, Response, make_response
@@ -31,6 +33,7 @@ from ..sip.prack import (
 )
 from ..sip.transaction import ClientTransaction, Peer, ServerTransaction, make_cancel
 from ..sip.uri import SipURI, TelURI
+from .bridge import MediaBridge, is_sdp
 from .dialplan import Destination, normalize, route
 from .line import ruri_params, with_params
 from .location import Binding
@@ -270,6 +273,8 @@ class _Relay:
         if resp.status < 300 and method in ("INVITE", "UPDATE", "SUBSCRIBE", "REFER"):
             r.headers.add("contact", call.contact_for(self.origin))
         _copy_body(resp, r)
+        if call.bridge is not None and is_sdp(resp.headers.get("content-type"), resp.body):
+            r.body = call.bridge.rewrite_toward(self.origin.name, resp.body)
         call.pbx.endpoint.respond(self.origin_txn, r)
         if resp.status < 300 and method == "INVITE":
             call.pending_ack[self.origin] = (self.target, self.out.cseq[0])
@@ -339,6 +344,8 @@ class Call:
         self.rel: ReliableProvisionals | None = None
         self.rel_timer: Any = None
         self.held_final: Response | None = None
+        self.bridge: MediaBridge | None = None
+        self.b_offer: bytes | None = None
         txn.user_data = self
 
     # -- setup ------------------------------------------------------------------
@@ -396,7 +403,66 @@ class Call:
         pbx.endpoint.respond(txn, make_response(req, 100, "Trying"))
         self.ring_timer = pbx.endpoint.loop.call_later(pbx.config.sip.ring_timeout,
                                                        self._no_answer)
+        if self._wants_relay(dest):
+            pbx.endpoint.loop.create_task(self._open_media_then_route(dest))
+        else:
+            self._route(dest)
+
+    def _wants_relay(self, dest: Destination) -> bool:
+        """The box carries the audio for every call through a line or trunk, and between
+        extensions unless media.relay_extension_calls is off (issue: phones behind NAT)."""
+        if dest.kind not in ("extension", "line", "trunk"):
+            return False
+        if not is_sdp(self.a_req.headers.get("content-type"), self.a_req.body):
+            return False  # a late offer (SDP in the ACK) passes through untouched
+        if self.origin != "extension" or dest.kind != "extension":
+            return True
+        return self.pbx.config.media.relay_extension_calls
+
+    async def _open_media_then_route(self, dest: Destination) -> None:
+        pbx = self.pbx
+        address = pbx.endpoint.local_host(self.a_source)
+        try:
+            bridge = await MediaBridge.open(address, pbx.ports)
+        except (OSError, PortsExhausted) as e:
+            log.error("call %s: no RTP ports: %s", self.caller, e)
+            self._fail(503, "No media ports available")
+            return
+        if self.state == "ended" or self.a_final_sent:
+            bridge.close()
+            return
+        self.bridge = bridge
+        bridge.on_dtmf = self._on_dtmf
+        try:
+            self.b_offer = bridge.offer_to_callee(self.a_req.body)
+        except ValueError as e:
+            log.info("call %s: unusable SDP offer (%s); media not relayed", self.caller, e)
+            bridge.close()
+            self.bridge = None
         self._route(dest)
+
+    def _on_dtmf(self, side: str, event: Any) -> None:
+        log.info("call %s → %s: DTMF %s from %s (rfc4733)", self.caller, self.callee,
+                 event.digit, side)
+        self.pbx.bus.publish(DtmfReceived(self.a_req.call_id, side, event.digit, "rfc4733"))
+
+    def _offer_body(self, req: Request) -> None:
+        """The body of an INVITE to a callee: the caller's offer, or the box's rewrite."""
+        _copy_body(self.a_req, req)
+        if self.bridge is not None and self.b_offer is not None:
+            req.body = self.b_offer
+
+    def _answer_body(self, resp: Response, r: Response) -> None:
+        """The body of a response to the caller carrying the callee's SDP."""
+        _copy_body(resp, r)
+        if self.bridge is not None and is_sdp(resp.headers.get("content-type"), resp.body):
+            try:
+                body = self.bridge.answer_to_caller(resp.body)
+            except ValueError as e:
+                log.info("call %s: unusable SDP answer (%s)", self.caller, e)
+                body = None
+            if body is not None:
+                r.body = body
 
     def _is_extension_caller(self, req: Request) -> bool:
         """Phones send their first INVITE without credentials; only a From naming one
@@ -545,7 +611,7 @@ class Call:
         h.add("allow", pbx.allow)
         h.add("user-agent", pbx.user_agent)
         req = Request("INVITE", binding.contact, h)
-        _copy_body(self.a_req, req)
+        self._offer_body(req)
         fork = Fork(self, req, peer)
         self.forks.append(fork)
         fork.send()
@@ -588,7 +654,7 @@ class Call:
         self._add_diversion(h, domain, conf.forward_header, uri)
         h.add("user-agent", pbx.user_agent)
         req = Request("INVITE", uri, h)
-        _copy_body(self.a_req, req)
+        self._offer_body(req)
         fork = Fork(self, req, peer, (dest.kind, dest.name, conf))
         self.forks.append(fork)
         log.info("call %s → %s via %s %s", self.caller, dest.number, dest.kind, dest.name)
@@ -686,7 +752,7 @@ class Call:
                 return
             if self.state in ("new", "ringing") and not self.a_final_sent:
                 r = make_response(self.a_req, status, resp.reason, to_tag=self.a_tag)
-                _copy_body(resp, r)
+                self._answer_body(resp, r)
                 self._provisional_to_a(r)
                 if self.state == "new":
                     self.state = "ringing"
@@ -731,7 +797,7 @@ class Call:
         r = make_response(self.a_req, 200, resp.reason or "OK", to_tag=self.a_tag)
         r.headers.add("contact", f"<{ep.contact_uri(self.a_source, self.callee)}>")
         r.headers.add("allow", pbx.allow)
-        _copy_body(resp, r)
+        self._answer_body(resp, r)
         self.a_leg = Leg(self, "a", Dialog.as_uas(self.a_req, r, self.a_source))
         pbx.dialogs[(self.a_req.call_id, self.a_tag)] = self.a_leg
         self.pending_ack[self.a_leg] = (self.b_leg, fork.request.cseq[0])
@@ -739,6 +805,9 @@ class Call:
         self.answered_at = time.monotonic()
         log.info("call %s → %s answered", self.caller, self.callee)
         pbx.bus.publish(CallAnswered(self.a_req.call_id, self.caller, self.callee))
+        timeout = pbx.config.media.timeout
+        if self.bridge is not None and self.bridge.relay is not None and timeout:
+            self.bridge.relay.watch(timeout, self._media_timeout)
         self._send_final_to_a(r)
 
     def on_fork_final(self, fork: Fork, status: int, resp: Response | None) -> None:
@@ -866,6 +935,10 @@ class Call:
             if v is not None:
                 out.headers.add(name, v)
         _copy_body(req, out)
+        if self.bridge is not None and is_sdp(req.headers.get("content-type"), req.body):
+            out.body = self.bridge.rewrite_toward(other.name, req.body)
+        if req.method == "INFO":
+            self._info_dtmf(leg, req)
         relay = _Relay(self, leg, txn, other, out)
         txn.user_data = relay
         ep.send_request(out, other.peer).user_data = relay
@@ -879,6 +952,8 @@ class Call:
         target, cseq = pending
         out = self._ack(target, cseq)
         _copy_body(ack, out)
+        if self.bridge is not None and is_sdp(ack.headers.get("content-type"), ack.body):
+            out.body = self.bridge.rewrite_toward(target.name, ack.body)
         self.sent_acks[(target, cseq)] = out
         self.pbx.endpoint.send_stateless(out, target.peer)
 
@@ -912,6 +987,21 @@ class Call:
                                             to_tag=self.a_tag))
         self._end(503, reason)
 
+    def _media_timeout(self) -> None:
+        log.info("call %s → %s: no RTP for %d s, hanging up", self.caller, self.callee,
+                 self.pbx.config.media.timeout)
+        self.terminate("media-timeout")
+
+    def _info_dtmf(self, leg: Leg, req: Request) -> None:
+        """SIP INFO application/dtmf-relay digits reach the PBX as events too."""
+        try:
+            relay = parse_dtmf_info(req.headers.get("content-type") or "", req.body)
+        except ValueError:
+            return
+        log.info("call %s → %s: DTMF %s from %s (info)", self.caller, self.callee,
+                 relay.signal, leg.name)
+        self.pbx.bus.publish(DtmfReceived(self.a_req.call_id, leg.name, relay.signal, "info"))
+
     def _cancel_ring_timer(self) -> None:
         if self.ring_timer is not None:
             self.ring_timer.cancel()
@@ -933,10 +1023,15 @@ class Call:
             if leg is not None:
                 pbx.dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)
         duration = time.monotonic() - self.answered_at if self.answered_at else 0.0
-        log.info("call %s → %s ended: %s (%d), %.1f s", self.caller, self.callee, reason,
-                 status, duration)
+        media = None
+        if self.bridge is not None:
+            media = self.bridge.stats()
+            self.bridge.close()
+        log.info("call %s → %s ended: %s (%d), %.1f s%s", self.caller, self.callee, reason,
+                 status, duration, f", media {media}" if media else "")
         pbx.bus.publish(CallEnded(self.a_req.call_id, self.caller, self.callee,
-                                  200 if self.answered_at else status, reason, duration))
+                                  200 if self.answered_at else status, reason, duration,
+                                  media))
 
 
 def _redirect_target(resp: Response) -> str | None:

@@ -39,7 +39,7 @@ class Daemon:
 
 
 # Top-level sections of config.yaml a test may pass to daemon_factory / write_config.
-SECTIONS = ("system", "sip", "extensions", "lines", "trunks", "routes", "dns")
+SECTIONS = ("system", "sip", "extensions", "lines", "trunks", "routes", "dns", "media", "rooms")
 
 
 def write_config(data: Path, sections: dict[str, object] | None = None, **sip: object) -> None:

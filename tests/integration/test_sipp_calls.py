@@ -42,11 +42,16 @@ def test_call_answered_and_hung_up(daemon, sipp_background, transport, tmp_path)
 
     # The caller was challenged (407) before the call went anywhere.
     assert caller.received(status=407)
-    # The callee saw a B2BUA leg: a new Call-ID, our Contact, the caller's SDP unchanged.
+    # The callee saw a B2BUA leg: a new Call-ID, our Contact; the box relays the media,
+    # so the offer points at the box (c= and m= rewritten, o= the box's own).
     invite_in = callee.snapshot().received(method="INVITE")[0]
     invite_out = [m for m in caller.sent(method="INVITE") if m.header("proxy-authorization")][0]
     assert invite_in.call_id != invite_out.call_id
-    assert invite_in.body == invite_out.body
+    assert invite_in.body != invite_out.body
+    assert b"c=IN IP4 127.0.0.1" in invite_in.body and b"o=appliance " in invite_in.body
+    port_in = invite_in.body.split(b"m=audio ", 1)[1].split(b" ", 1)[0]
+    port_out = invite_out.body.split(b"m=audio ", 1)[1].split(b" ", 1)[0]
+    assert port_in != port_out  # the caller's own media port is hidden behind the box's
     assert invite_in.header("from").startswith('"Ext 100" <sip:100@')
     # The caller's ACK and BYE went to the daemon's Contact from the 200.
     ok = caller.last_response("INVITE")
@@ -172,3 +177,17 @@ def test_early_media_and_in_dialog_requests_pass_between_legs(daemon, sipp_backg
     assert seen.received(method="UPDATE") and seen.received(method="OPTIONS")
     assert [m.status for m in caller.received() if m.cseq_method in ("INFO", "UPDATE",
             "OPTIONS")] == [200, 200, 200]
+
+
+def test_sdp_passes_unchanged_when_extension_relay_is_off(daemon_factory, sipp_background,
+                                                          tmp_path) -> None:
+    daemon = daemon_factory(media={"relay_extension_calls": False})
+    callee = _callee(sipp_background, daemon, "u1")
+    caller = _call(daemon, "u1", tmp_path)
+    caller.check()
+    callee.wait(15).check()
+    invite_in = callee.snapshot().received(method="INVITE")[0]
+    invite_out = [m for m in caller.sent(method="INVITE") if m.header("proxy-authorization")][0]
+    assert invite_in.body == invite_out.body
+    ok_in = callee.snapshot().sent(status=200)[0]
+    assert caller.last_response("INVITE").body == ok_in.body

@@ -126,6 +126,7 @@ class Baresip:
                  auth_user: str | None = None, display_name: str | None = None,
                  use_outbound: bool = False, account_params: str = "",
                  extra_config: Mapping[str, str] | None = None, sip_trace: bool = True,
+                 audio_codecs: str = "PCMU,PCMA",
                  name: str | None = None, start: bool = True, start_timeout: float = 10.0) -> None:
         if transport not in ("udp", "tcp", "tls"):
             raise ValueError(f"transport must be udp, tcp or tls, not {transport!r}")
@@ -164,7 +165,8 @@ class Baresip:
             params.append(f"auth_user={auth_user}")
         params.append(f"regint={regint if register and self.server_port else 0}")
         params.append(f"answermode={'auto' if auto_answer else 'manual'}")
-        params.append("audio_codecs=PCMU,PCMA")
+        params.append(f"audio_codecs={audio_codecs}")
+        self.audio_codecs = audio_codecs
         dn = f'"{display_name}" ' if display_name else ""
         self.account_line = (f"{dn}<{uri}{tparam}>;" + ";".join(params) + account_params)
         self.aor_uri = uri
@@ -234,6 +236,8 @@ class Baresip:
             cfg.update(extra_config)
         lines = [f"{k}\t\t{v}" for k, v in cfg.items()]
         modules = ["g711", "aubridge", "ausine", "aufile"]
+        codecs = self.audio_codecs.lower()
+        modules += [m for m in ("g722", "opus") if m in codecs]
         if self.record_wav:
             modules.append("sndfile")
         lines += [f"module\t\t\t{m}.so" for m in modules]
