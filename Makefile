@@ -7,7 +7,9 @@ DATA ?= ./var
 DEB_TEST_PKGS := sip-tester baresip-core
 DEB_BASE_PKGS := python3-venv openssl
 
-.PHONY: run test venv deb-test lint clean
+PROMPTS_DIR := appliance/media/voice
+
+.PHONY: run test venv deb-test prompts lint clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v python3 >/dev/null || (apt-get update && apt-get install -y python3)
@@ -27,10 +29,19 @@ deb-test:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 
-run: venv
+# Voice prompts (English, Chinese) spoken by Debian's espeak-ng into $(PROMPTS_DIR)/<lang>/<name>.wav
+# (git-ignored); remade when the texts in appliance/media/prompts.py change.
+$(PROMPTS_DIR)/.made: appliance/media/prompts.py | $(VENV)/.installed
+	@command -v espeak-ng >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y espeak-ng)
+	$(PY) -m appliance.media.prompts generate --force $(PROMPTS_DIR)
+	touch $@
+
+prompts: $(PROMPTS_DIR)/.made
+
+run: venv prompts
 	$(VENV)/bin/appliance run --data $(DATA)
 
-test: venv deb-test
+test: venv deb-test prompts
 	$(VENV)/bin/ruff check appliance tests
 	$(PY) -m pytest -q -p no:cacheprovider tests
 

@@ -1,4 +1,4 @@
-"""Command line: `appliance run`, `extension|line|trunk|route add|list|remove`, `dns-check`.
+"""Command line: `appliance run`, `extension|line|trunk|route|room add|list|remove`, `dns-check`.
 
 Exit codes: 0 success, 1 invalid config.yaml, 2 usage errors and refused edits.
 """
@@ -18,6 +18,7 @@ from appliance.store.config import (
     ConfigStore,
     Extension,
     Line,
+    Room,
     Route,
     Trunk,
     is_extension_number,
@@ -103,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     rrm = ractions.add_parser("remove", parents=[common], help="remove a rule by number")
     rrm.add_argument("index", type=int)
     rrm.set_defaults(handler=_route_remove)
+
+    room = commands.add_parser("room", parents=[common], help="manage conference rooms")
+    oactions = room.add_subparsers(dest="action", required=True, metavar="ACTION")
+    oadd = oactions.add_parser("add", parents=[common], help="add or replace a room")
+    oadd.add_argument("number", help="2-8 digits, not an extension's")
+    oadd.add_argument("--pin", help="3-12 digits callers must enter (default: none)")
+    oadd.add_argument("--name", default="", help="room name")
+    oadd.add_argument("--max-participants", type=int, default=5,
+                      help="callers in the room at once (default 5)")
+    oadd.add_argument("--language", choices=("en", "zh"),
+                      help="prompt language (default: system.language)")
+    oadd.set_defaults(handler=_room_add)
+    olist = oactions.add_parser("list", parents=[common], help="list rooms")
+    olist.set_defaults(handler=_room_list)
+    orm = oactions.add_parser("remove", parents=[common], help="remove a room")
+    orm.add_argument("number")
+    orm.set_defaults(handler=_room_remove)
 
     dns = commands.add_parser("dns-check", parents=[common],
                               help="compare DNS answers for every line and trunk host")
@@ -310,6 +328,48 @@ def _route_remove(args: argparse.Namespace) -> int:
     routes = [r for i, r in enumerate(cfg.routes, start=1) if i != args.index]
     store.save(dataclasses.replace(cfg, routes=routes))
     print(f"removed route {args.index}")
+    return 0
+
+
+def _room_add(args: argparse.Namespace) -> int:
+    number = args.number
+    if not is_extension_number(number):
+        return _fail(f"invalid room number {number!r}: use 2-8 digits")
+    store, cfg = _open(args)
+    room = Room(pin=args.pin, name=args.name, max_participants=args.max_participants,
+                language=args.language)
+    existed = number in cfg.rooms
+    try:
+        store.save(dataclasses.replace(cfg, rooms={**cfg.rooms, number: room}))
+    except ConfigError as e:  # a bad PIN, too many participants, an extension's number
+        return _fail(f"room {number} refused: {e}")
+    label = f" ({args.name})" if args.name else ""
+    pin = "with a PIN" if args.pin else "without a PIN"
+    print(f"{'updated' if existed else 'added'} room {number}{label}, {pin}")
+    return 0
+
+
+def _room_list(args: argparse.Namespace) -> int:
+    _, cfg = _open(args)
+    rows = [("NUMBER", "NAME", "PIN", "MAX", "LANGUAGE")]
+    for number in sorted(cfg.rooms, key=lambda n: (int(n), n)):
+        r = cfg.rooms[number]
+        rows.append((number, r.name or "-", r.pin or "-", str(r.max_participants),
+                     r.language or f"({cfg.system.language})"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(f"{v:<{widths[i]}}" for i, v in enumerate(row[:4])) + "  " + row[4])
+    return 0
+
+
+def _room_remove(args: argparse.Namespace) -> int:
+    number = args.number
+    store, cfg = _open(args)
+    if number not in cfg.rooms:
+        return _fail(f"no room {number}")
+    remaining = {n: r for n, r in cfg.rooms.items() if n != number}
+    store.save(dataclasses.replace(cfg, rooms=remaining))
+    print(f"removed room {number}")
     return 0
 
 

@@ -64,6 +64,8 @@ NAMES = tuple(TEXTS["en"])
 
 #: Peak level prompts are scaled to (dBFS): loud enough, with headroom in the mix.
 PEAK_DBFS = -6.0
+#: Silence kept before and after the speech of a prompt file (seconds).
+EDGE = 0.05
 
 _EXTENSIONS = (".wav", ".ogg", ".opus", ".mp3", ".flac")
 
@@ -132,7 +134,7 @@ class Prompts:
             try:
                 pcm = load_audio(path, rate)
                 if pcm.size:
-                    return _normalize(pcm)
+                    return _normalize(pcm, rate)
                 problem = f"{path} holds no audio"
             except Exception as e:  # noqa: BLE001 - a bad file must not take a call down
                 problem = f"{path} cannot be read: {e}"
@@ -145,10 +147,15 @@ class Prompts:
         return fallback_tone(name, rate)
 
 
-def _normalize(pcm: np.ndarray) -> np.ndarray:
-    peak = int(np.max(np.abs(pcm.astype(np.int32))))
+def _normalize(pcm: np.ndarray, rate: int) -> np.ndarray:
+    """Trim the silence around the speech (keeping `EDGE` seconds) and set the peak."""
+    level = np.abs(pcm.astype(np.int32))
+    peak = int(level.max()) if level.size else 0
     if peak == 0:
         return pcm
+    loud = np.flatnonzero(level > peak * 0.02)
+    edge = round(EDGE * rate)
+    pcm = pcm[max(0, loud[0] - edge):loud[-1] + edge + 1]
     target = 32767.0 * 10 ** (PEAK_DBFS / 20.0)
     return np.clip(np.round(pcm.astype(np.float64) * (target / peak)), -32768,
                    32767).astype(np.int16)

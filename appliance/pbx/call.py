@@ -365,8 +365,8 @@ class Call:
                 dest: Destination | None = Destination("extension", conf.inbound)
             else:
                 dest = route(pbx.config, number or "")
-                if dest is not None and dest.kind != "extension":
-                    dest = None  # a carrier may only reach extensions
+                if dest is not None and dest.kind not in ("extension", "room"):
+                    dest = None  # a carrier may only reach extensions and rooms
         else:
             if not self._is_extension_caller(req):
                 log.info("INVITE from unlisted source %s:%s refused", self.a_source.host,
@@ -522,6 +522,10 @@ class Call:
             return
         self._cancel_ring_timer()
         self._cancel_forward_timer()
+        if self.rel_timer is not None:
+            self.rel_timer.cancel()
+            self.rel_timer = None
+        self.pbx.dialogs.pop((self.a_req.call_id, self.a_tag), None)  # an _EarlyA
         self.state = "ended"  # the room owns the A leg from here on
         self.pbx.calls.discard(self)
         rooms.admit(self.a_txn, self.a_req, self.a_source, number, self.caller)

@@ -452,6 +452,15 @@ class Baresip:
     def hangup(self) -> dict:
         return self.command("hangup")
 
+    def send_dtmf(self, digits: str, gap: float = 0.25) -> None:
+        """Press `digits` in the current call: baresip 1.0's ``sndcode`` (menu module)
+        sends each as an RFC 4733 telephone-event (it offers telephone-event/8000
+        on its own), one digit per command, `gap` seconds apart (a digit's start and
+        end packets go out before the next digit starts)."""
+        for digit in digits:
+            self.command("sndcode", digit)
+            time.sleep(gap)
+
     def reginfo(self) -> str:
         return str(self.command("reginfo").get("data", ""))
 

@@ -90,13 +90,15 @@ def test_port_allocator_hands_out_even_ports_round_robin() -> None:
     ports = PortAllocator(range(10001, 10010))
     assert len(ports) == 4  # 10002, 10004, 10006, 10008 (10009 has no +1 in range)
     got = [ports.acquire() for _ in range(4)]
-    assert got == [10002, 10004, 10006, 10008] and ports.in_use == 4
+    # It starts at a random pair (two daemons rarely collide), then goes round in order.
+    start = got.index(10002)
+    assert got[start:] + got[:start] == [10002, 10004, 10006, 10008] and ports.in_use == 4
     with pytest.raises(PortsExhausted):
         ports.acquire()
     ports.release(10004)
     ports.release(10002)
-    assert ports.acquire() == 10002  # round robin: the cursor is back at the start
-    assert ports.acquire() == 10004
+    # round robin: the cursor is back where it started, the free pairs come in order
+    assert sorted([ports.acquire(), ports.acquire()]) == [10002, 10004]
     with pytest.raises(ValueError):
         PortAllocator(range(10001, 10002))
 
