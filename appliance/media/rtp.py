@@ -331,7 +331,7 @@ class RtpEndpoint:
     @classmethod
     async def open(cls, host: str = "0.0.0.0", allocator: PortAllocator | None = None, *,
                    port: int | None = None, rtcp_mux: bool = False,
-                   attempts: int = 64) -> RtpEndpoint:
+                   attempts: int = 512) -> RtpEndpoint:
         """Bind an RTP/RTCP pair on `host`: `port` if given, else one from `allocator`.
 
         Ports another process holds are skipped (up to `attempts` tries).

@@ -34,7 +34,8 @@ from ..sip.prack import (
 from ..sip.transaction import ClientTransaction, Peer, ServerTransaction, make_cancel
 from ..sip.uri import SipURI, TelURI
 from .bridge import MediaBridge, is_sdp
-from .dialplan import Destination, normalize, route
+from .core import PendingBye
+from .dialplan import Destination, normalize, number_of, route
 from .line import ruri_params, with_params
 from .location import Binding
 from .registrar import authenticate
@@ -295,23 +296,6 @@ class _Relay:
         pass
 
 
-class _Bye:
-    """A BYE we sent; the PBX counts these so that shutdown can wait for the answers."""
-
-    __slots__ = ("pbx",)
-
-    def __init__(self, pbx: Pbx) -> None:
-        self.pbx = pbx
-        pbx.pending_byes.add(self)
-
-    def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
-        if resp.status >= 200:
-            self.pbx.pending_byes.discard(self)
-
-    def on_failure(self, txn: ClientTransaction, status: int) -> None:
-        self.pbx.pending_byes.discard(self)
-
-
 class Call:
     def __init__(self, pbx: Pbx, txn: ServerTransaction, req: Request, source: Peer) -> None:
         self.pbx = pbx
@@ -490,13 +474,11 @@ class Call:
         """The number dialled: Request-URI user, or a tel: URI's digits (RFC 3966)."""
         for uri_source in (lambda: req.ruri, lambda: req.to.parsed_uri):
             try:
-                uri = uri_source()
+                number = number_of(uri_source())
             except ParseError:
                 continue
-            if isinstance(uri, TelURI):
-                return uri.digits
-            if isinstance(uri, SipURI) and uri.user:
-                return normalize(uri.user)
+            if number:
+                return number
         return None
 
     # -- routing and forwarding ------------------------------------------------------
@@ -973,7 +955,7 @@ class Call:
     def _send_bye(self, leg: Leg) -> None:
         ep = self.pbx.endpoint
         bye = leg.dialog.create_request("BYE", "", ep.make_via(leg.peer))
-        ep.send_request(bye, leg.peer).user_data = _Bye(self.pbx)
+        ep.send_request(bye, leg.peer).user_data = PendingBye(self.pbx)
 
     # -- teardown ------------------------------------------------------------------------
     def terminate(self, reason: str) -> None:
@@ -1046,13 +1028,11 @@ def _redirect_target(resp: Response) -> str | None:
         return None
     for c in contacts:
         try:
-            uri = c.parsed_uri
+            number = number_of(c.parsed_uri)
         except ParseError:
             continue
-        if isinstance(uri, TelURI):
-            return uri.digits
-        if isinstance(uri, SipURI) and uri.user:
-            return normalize(uri.user)
+        if number:
+            return number
     return None
 
 

@@ -65,6 +65,7 @@ from ..sip.dialog import Dialog, new_tag
 from ..sip.message import ParseError, Request, Response, make_response
 from ..sip.transaction import ClientTransaction, Peer, ServerTransaction
 from .call import next_hop
+from .core import PendingBye
 
 if TYPE_CHECKING:
     from .core import Pbx
@@ -288,23 +289,6 @@ class Room:
         for call in list(self.members):
             self.mixer.remove(call)
         self.members.clear()
-
-
-class _ByeSent:
-    """A BYE we sent; the PBX counts these so that shutdown waits for the answers."""
-
-    __slots__ = ("pbx",)
-
-    def __init__(self, pbx: Pbx) -> None:
-        self.pbx = pbx
-        pbx.pending_byes.add(self)
-
-    def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
-        if resp.status >= 200:
-            self.pbx.pending_byes.discard(self)
-
-    def on_failure(self, txn: ClientTransaction, status: int) -> None:
-        self.pbx.pending_byes.discard(self)
 
 
 # -- one caller of a room ----------------------------------------------------------------------
@@ -746,7 +730,7 @@ class RoomCall:
             ep = self.pbx.endpoint
             peer = next_hop(dialog)
             bye = dialog.create_request("BYE", "", ep.make_via(peer))
-            ep.send_request(bye, peer).user_data = _ByeSent(self.pbx)
+            ep.send_request(bye, peer).user_data = PendingBye(self.pbx)
         self._end(reason)
 
     def _end(self, reason: str) -> None:

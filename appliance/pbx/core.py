@@ -43,6 +43,24 @@ SUPPORTED = "path"
 ACCEPT = "application/sdp"
 
 
+class PendingBye:
+    """user_data of a BYE we sent: the PBX counts these so that shutdown can wait for
+    the answers (calls and conference rooms alike)."""
+
+    __slots__ = ("pbx",)
+
+    def __init__(self, pbx: Pbx) -> None:
+        self.pbx = pbx
+        pbx.pending_byes.add(self)
+
+    def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
+        if resp.status >= 200:
+            self.pbx.pending_byes.discard(self)
+
+    def on_failure(self, txn: ClientTransaction, status: int) -> None:
+        self.pbx.pending_byes.discard(self)
+
+
 class Pbx:
     """Registrar plus back-to-back user agent for calls between extensions."""
 

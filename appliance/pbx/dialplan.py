@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from ..sip.uri import SipURI, TelURI
 from ..store.config import Config, Route
 
 __all__ = ["Destination", "route", "FeatureCode", "parse_feature"]
@@ -27,6 +28,15 @@ class Destination:
 def normalize(dialled: str) -> str:
     """Phones send '#' as %23 and may add visual separators (RFC 3966 §5.1.1)."""
     return "".join(c for c in unquote(dialled) if c not in "-.() ")
+
+
+def number_of(uri: object) -> str | None:
+    """The number a URI names: a tel: URI's digits (RFC 3966), a sip: URI's user part."""
+    if isinstance(uri, TelURI):
+        return uri.digits
+    if isinstance(uri, SipURI) and uri.user:
+        return normalize(uri.user)
+    return None
 
 
 def _apply(rule: Route, number: str) -> str:
