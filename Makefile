@@ -9,7 +9,10 @@ DEB_BASE_PKGS := python3-venv openssl
 
 PROMPTS_DIR := appliance/media/voice
 
-.PHONY: run test venv deb-test prompts lint clean
+DEB_BENCH_PKGS := sip-tester kamailio
+BENCH_ARGS ?=
+
+.PHONY: run test bench venv deb-test deb-bench prompts lint clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v python3 >/dev/null || (apt-get update && apt-get install -y python3)
@@ -44,6 +47,19 @@ run: venv prompts
 test: venv deb-test prompts
 	$(VENV)/bin/ruff check appliance tests
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Benchmarks against Kamailio on this machine (not part of `make test`): docs/performance.md
+deb-bench:
+	@missing=""; for p in $(DEB_BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	  systemctl disable --now kamailio >/dev/null 2>&1 || true; \
+	fi
+
+bench: venv deb-bench
+	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/media.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
 
 lint: venv
 	$(VENV)/bin/ruff check appliance tests
