@@ -16,7 +16,6 @@ from pathlib import Path
 
 from . import systemd
 from .bus import Bus, ExtensionUnregistered
-from .pbx.conference import Conferences
 from .pbx.core import Pbx
 from .pbx.location import Location
 from .sip.endpoint import Endpoint
@@ -125,9 +124,8 @@ class Daemon:
         pbx = Pbx(endpoint, self.cfg, location, bus, _nonce_secret(self.data), self.store)
         endpoint.tu = pbx
         self.pbx = pbx
-        conferences = Conferences(pbx, data=self.data)
-        pbx.conferences = conferences
-        conferences.start()
+        if self.cfg.rooms:
+            _ = pbx.conferences  # rooms configured: load media and the prompts now
         pbx.start_lines()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
@@ -145,13 +143,13 @@ class Daemon:
         log.info("shutting down")
         systemd.notify("STOPPING=1")
         pbx.stop_lines()
-        ended = pbx.hang_up_all() + conferences.hang_up_all()
+        ended = pbx.hang_up_all() + pbx.stop_media()
         if ended:
             log.info("ending %d call(s)", ended)
             deadline = loop.time() + SHUTDOWN_GRACE
             while loop.time() < deadline and pbx.outstanding_byes():
                 await asyncio.sleep(0.05)
-        conferences.stop()
+        pbx.close_media()
         for t in tasks:
             t.cancel()
         with contextlib.suppress(OSError):

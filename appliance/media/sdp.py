@@ -720,3 +720,8 @@ def build_answer(offer: SessionDescription, supported: Iterable[Codec | str], ad
             a = MediaDescription(m.media, 0, m.proto, list(m.formats) or ["0"])
         answer.media.append(a)
     return origin.stamp(answer)
+
+
+def is_sdp(content_type: str | None, body: bytes) -> bool:
+    """A SIP body that is an SDP (RFC 3264 offer or answer)."""
+    return bool(body) and (content_type or "").split(";")[0].strip().lower() == "application/sdp"

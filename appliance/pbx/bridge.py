@@ -20,6 +20,7 @@ from ..media.sdp import (
     SdpOrigin,
     SessionDescription,
     audio_codec,
+    is_sdp,
     parse,
     rewrite,
     telephone_event,
@@ -27,15 +28,13 @@ from ..media.sdp import (
 
 log = logging.getLogger("appliance.media")
 
+__all__ = ["MediaBridge", "SUPPORTED", "is_sdp"]
+
 # What the box can decode and encode (aiortc's coders, PyAV resampling).
 SUPPORTED = [Codec.parse(c) for c in ("PCMU/8000", "PCMA/8000", "G722/8000", "opus/48000/2")]
 # Static payload types the box adds to an offer so that a callee without any of the
 # caller's codecs can still answer (and the box transcodes).
 EXTRA_STATIC = (0, 8, 9)
-
-
-def is_sdp(content_type: str | None, body: bytes) -> bool:
-    return bool(body) and (content_type or "").split(";")[0].strip().lower() == "application/sdp"
 
 
 def _supported(c: Codec) -> bool:

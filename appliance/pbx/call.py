@@ -18,8 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..bus import CallAnswered, CallEnded, CallRinging, DtmfReceived
-from ..media.dtmf import parse_dtmf_info
-from ..media.rtp import PortsExhausted
+from ..media.sdp import is_sdp
 from ..sip.dialog import Dialog, new_call_id, new_tag
 from ..sip.digest import DigestError, answer_challenge, parse_challenge, select_challenge
 from ..sip.message import Headers, NameAddr, ParseError, Request, Response, make_response
@@ -33,7 +32,6 @@ from ..sip.prack import (
 )
 from ..sip.transaction import ClientTransaction, Peer, ServerTransaction, make_cancel
 from ..sip.uri import SipURI, TelURI
-from .bridge import MediaBridge, is_sdp
 from .core import PendingBye
 from .dialplan import Destination, normalize, number_of, route
 from .line import ruri_params, with_params
@@ -41,6 +39,7 @@ from .location import Binding
 from .registrar import authenticate
 
 if TYPE_CHECKING:
+    from .bridge import MediaBridge
     from .core import Pbx
 
 log = logging.getLogger("appliance.call")
@@ -404,6 +403,9 @@ class Call:
         return self.pbx.config.media.relay_extension_calls
 
     async def _open_media_then_route(self, dest: Destination) -> None:
+        from ..media.rtp import PortsExhausted  # media loads on the first call that needs it
+        from .bridge import MediaBridge
+
         pbx = self.pbx
         address = pbx.endpoint.local_host(self.a_source)
         try:
@@ -980,6 +982,8 @@ class Call:
 
     def _info_dtmf(self, leg: Leg, req: Request) -> None:
         """SIP INFO application/dtmf-relay digits reach the PBX as events too."""
+        from ..media.dtmf import parse_dtmf_info
+
         try:
             relay = parse_dtmf_info(req.headers.get("content-type") or "", req.body)
         except ValueError:

