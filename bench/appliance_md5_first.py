@@ -1,11 +1,10 @@
-"""`appliance` CLI for the bench: the unmodified daemon, with its digest challenges reordered.
+"""`appliance` CLI for the bench: the unmodified daemon, with MD5 first among its challenges.
 
-The daemon offers two challenges in every 401/407, SHA-256 first and MD5 second (RFC 8760
-§2.4 preference order). SIPp 3.6.1 (Debian bookworm's sip-tester) answers only the first
-challenge it finds and cannot compute SHA-256, so against the daemon as shipped every
-scenario would fail. This launcher changes only the *order* (MD5 first, SHA-256 second):
-the daemon still mints one nonce, builds and sends both challenges and verifies with the
-same code, so the work per message (and the message size) is the same as in production.
+The shipped default (`sip.auth_algorithms: [MD5]`) sends one MD5 challenge, which SIPp 3.6.1
+(Debian bookworm's sip-tester) can answer, so for the bench's configuration this launcher
+changes nothing. It stays as a safeguard for a configuration that lists SHA-256 first:
+SIPp answers only the first challenge and cannot compute SHA-256, so it puts MD5 first,
+touching only the order (same nonce, same code, same work per message).
 
 Usage: python bench/appliance_md5_first.py run --data DIR ... (same arguments as `appliance`)
 With BENCH_GC_REPORT=FILE in the environment it also times the garbage collector and writes
