@@ -45,7 +45,7 @@ run: venv prompts
 	$(VENV)/bin/appliance run --data $(DATA)
 
 test: venv deb-test prompts
-	$(VENV)/bin/ruff check appliance tests
+	$(VENV)/bin/ruff check appliance tests bench
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # Benchmarks against Kamailio on this machine (not part of `make test`): docs/performance.md
@@ -62,7 +62,7 @@ bench: venv deb-bench
 	$(PY) bench/media.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
 
 lint: venv
-	$(VENV)/bin/ruff check appliance tests
+	$(VENV)/bin/ruff check appliance tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info
