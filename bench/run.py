@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,8 +214,8 @@ def free_udp_port(also_tcp: bool = False, span: int = 1) -> int:
 _handed_out: set[int] = set()
 
 
-def proc_pids_in_group(pgid: int) -> list[int]:
-    pids = []
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) for every process."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -223,10 +224,11 @@ def proc_pids_in_group(pgid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        fields_ = stat[stat.rfind(")") + 2:].split()
-        if int(fields_[2]) == pgid:  # field 5 of stat: pgrp
-            pids.append(int(entry))
-    return pids
+        yield int(entry), stat[stat.rfind(")") + 2:].split()
+
+
+def proc_pids_in_group(pgid: int) -> list[int]:
+    return [pid for pid, fields_ in proc_stats() if int(fields_[2]) == pgid]  # 5: pgrp
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -281,18 +283,7 @@ def udp_drops(port: int) -> int:
 def process_cpu_table() -> dict[int, tuple[int, float]]:
     """pid -> (process group, CPU seconds used so far) for every process on the machine."""
     tick = os.sysconf("SC_CLK_TCK")
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields_ = stat[stat.rfind(")") + 2:].split()
-        table[int(entry)] = (int(fields_[2]), (int(fields_[11]) + int(fields_[12])) / tick)
-    return table
+    return {pid: (int(f[2]), (int(f[11]) + int(f[12])) / tick) for pid, f in proc_stats()}
 
 
 def other_cpu_seconds(before: dict[int, tuple[int, float]], after: dict[int, tuple[int, float]],
