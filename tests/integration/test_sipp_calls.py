@@ -191,3 +191,19 @@ def test_sdp_passes_unchanged_when_extension_relay_is_off(daemon_factory, sipp_b
     assert invite_in.body == invite_out.body
     ok_in = callee.snapshot().sent(status=200)[0]
     assert caller.last_response("INVITE").body == ok_in.body
+
+
+def test_late_offer_answer_in_the_ack_reaches_the_callee(daemon, sipp_background,
+                                                         tmp_path) -> None:
+    """INVITE without SDP: the callee's 200 carries the offer, the caller's ACK the answer
+    (RFC 3261 §13.2.1), and the B2BUA relays that ACK body to the callee."""
+    callee = _callee(sipp_background, daemon, "u1", role="uas_callee_late_offer")
+    caller = _call(daemon, "u1", tmp_path, name="uac_call_late_offer")
+    caller.check()
+    callee.wait(15).check()
+    invite_in = callee.snapshot().received(method="INVITE")[0]
+    assert not invite_in.body
+    assert b"m=audio" in caller.last_response("INVITE").body  # the callee's offer arrived
+    ack_in = callee.snapshot().received(method="ACK")[0]
+    assert b"s=late-answer" in ack_in.body
+    assert ack_in.header("content-type") == "application/sdp"
