@@ -39,11 +39,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
-import hashlib
 import json
 import multiprocessing
 import os
-import platform
 import socket
 import statistics
 import struct
@@ -54,6 +52,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import host_info  # noqa: E402 - bench/run.py, next to this file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -558,33 +559,7 @@ def log(msg: str) -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    debian = None
-    with contextlib.suppress(OSError):
-        debian = Path("/etc/debian_version").read_text().strip()
-    try:
-        import uvloop  # type: ignore[import-not-found]
-        loop = f"uvloop {uvloop.__version__}"
-    except ImportError:
-        loop = "asyncio (uvloop not installed)"
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "appliance").rglob("*.py")):
-        h.update(path.relative_to(ROOT).as_posix().encode())
-        h.update(path.read_bytes())
-    return {
-        "cpu_model": cpu,
-        "cores": os.cpu_count(),
-        "kernel": platform.release(),
-        "os": f"Debian {debian}" if debian else platform.platform(),
-        "python": platform.python_version(),
-        "event_loop": loop,
-        "appliance_tree_sha256": h.hexdigest()[:12],
-    }
+    return host_info()  # the same host description as bench/run.py's results
 
 
 def summary(out: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1007,6 +1007,12 @@ class Bench:
 
 
 def machine_info() -> dict[str, Any]:
+    """The host (see host_info) plus the SIP load tool's and the reference's versions."""
+    return {**host_info(), "sipp": sipp_version(), "kamailio": kamailio_version()}
+
+
+def host_info() -> dict[str, Any]:
+    """CPU, memory, OS, Python, event loop and the daemon's version and source hash."""
     cpu = "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1042,8 +1048,6 @@ def machine_info() -> dict[str, Any]:
         "appliance_version": appliance_version,
         "appliance_commit": git_head(),
         "appliance_tree_sha256": tree_fingerprint(),
-        "sipp": sipp_version(),
-        "kamailio": kamailio_version(),
     }
 
 
