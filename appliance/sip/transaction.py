@@ -665,11 +665,16 @@ def _timer_f(layer: TransactionLayer, txn: ClientTransaction, now: float) -> Non
     layer._terminate(txn)
 
 
-def _timer_g(layer: TransactionLayer, txn: ServerTransaction, now: float) -> None:
-    """INVITE server, Completed: retransmit the final, MIN(2*interval, T2)."""
+def _resend_capped(layer: TransactionLayer, txn: Txn, now: float, handler: _Handler) -> None:
+    """Send the kept bytes again and re-arm `handler` after MIN(2*interval, T2)."""
     layer._out.append((txn.peer, txn._data))
     txn._interval = min(2 * txn._interval, layer._t2)
-    layer._schedule(now + txn._interval, txn, _timer_g)
+    layer._schedule(now + txn._interval, txn, handler)
+
+
+def _timer_g(layer: TransactionLayer, txn: ServerTransaction, now: float) -> None:
+    """INVITE server, Completed: retransmit the final, MIN(2*interval, T2)."""
+    _resend_capped(layer, txn, now, _timer_g)
 
 
 def _timer_h(layer: TransactionLayer, txn: ServerTransaction, now: float) -> None:
@@ -679,9 +684,7 @@ def _timer_h(layer: TransactionLayer, txn: ServerTransaction, now: float) -> Non
 
 def _timer_2xx(layer: TransactionLayer, txn: ServerTransaction, now: float) -> None:
     """INVITE server, Accepted: retransmit the 2xx until ACKed (§13.3.1.4)."""
-    layer._out.append((txn.peer, txn._data))
-    txn._interval = min(2 * txn._interval, layer._t2)
-    layer._schedule(now + txn._interval, txn, _timer_2xx)
+    _resend_capped(layer, txn, now, _timer_2xx)
 
 
 def _timer_l(layer: TransactionLayer, txn: ServerTransaction, now: float) -> None:
