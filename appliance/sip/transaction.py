@@ -119,7 +119,9 @@ class ServerTransaction:
     (`TransactionLayer.response_peer`). `state` is one of "trying" (non-INVITE
     only), "proceeding", "completed", "confirmed" (INVITE only), "accepted"
     (INVITE only, RFC 6026), "terminated". For a CANCEL, `cancels` is the INVITE
-    server transaction it matches (§9.2), or None.
+    server transaction it matches (§9.2), or None. A non-INVITE transaction that
+    completes over UDP with no `user_data` drops `request` and `last_response` (both
+    become None) and keeps only the bytes it resends.
     """
 
     __slots__ = ("id", "request", "source", "peer", "state", "is_invite", "method",
@@ -350,6 +352,13 @@ class TransactionLayer:
                 self._terminate(txn)   # Timer J = 0
             else:
                 self._schedule(now + self._t64, txn, _timer_j)
+                if txn.user_data is None:
+                    # Completed only resends the final response's bytes (§17.2.2) for
+                    # 64*T1. With no TU state attached nobody asks for the parsed
+                    # messages again: let them go (a registrar's 10,000 phones would
+                    # otherwise keep 32 s of parsed REGISTERs and 200s in memory).
+                    txn.request = None  # type: ignore[assignment]
+                    txn.last_response = None
 
     def send_stateless(self, msg: Request | Response, peer: Peer) -> None:
         """Queue a message outside any transaction (ACK for 2xx, stray replies)."""

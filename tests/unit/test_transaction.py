@@ -440,7 +440,8 @@ def test_non_invite_server_udp_states_and_timer_j():
     h.at(0.5)
     ok = resp(r, 200, to_tag="pbx")
     h.respond(txn, ok)
-    assert txn.state == "completed" and txn.last_response is ok
+    # Nothing of the TU's hangs on it: Completed keeps only the bytes it resends.
+    assert txn.state == "completed" and txn.last_response is None and txn.request is None
     h.at(1.0)
     assert h.receive(req()) == []
     assert h.times("SIP/2.0 200") == [0.5, 1.0]   # final re-sent
@@ -455,6 +456,19 @@ def test_non_invite_server_udp_states_and_timer_j():
     assert h.times("SIP/2.0 200") == [0.5, 1.0]
     h.finish()
     assert all(peer == UDP for _, peer, _ in h.sent)
+
+
+def test_completed_non_invite_keeps_messages_the_tu_holds_state_for():
+    h = Harness()
+    r = req()
+    txn = new_server_txn(h, r)
+    txn.user_data = marker = object()   # e.g. a relayed BYE: the call still points here
+    ok = resp(r, 200, to_tag="pbx")
+    h.respond(txn, ok)
+    assert txn.state == "completed" and txn.request is r and txn.last_response is ok
+    assert txn.user_data is marker
+    h.at(32.5)
+    h.finish()
 
 
 def test_non_invite_server_tcp_timer_j_zero():
