@@ -266,6 +266,7 @@ def _stamp_via(req: Request, peer: Peer) -> None:
             if k == "via":
                 rest = _after_first_value(v)
                 items[i] = ["via", str(via) + (", " + rest if rest else "")]
+                req.headers.changed()
                 break
         vias = req._vias
         req.invalidate()

@@ -164,38 +164,64 @@ class Headers:
 
     Entries are `[key, value]` with `key` the lowercase full name (compact forms
     expanded), so lookup is a string compare and output uses `canonical_name`.
+    The first lookup builds an index (key → values in order) that every mutator
+    drops; code that edits `_items` directly calls `changed()`.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_index")
 
     def __init__(self, items: list[list[str]] | None = None) -> None:
         self._items: list[list[str]] = items if items is not None else []
+        self._index: dict[str, list[str]] | None = None
+
+    def _build_index(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        for k, v in self._items:
+            values = index.get(k)
+            if values is None:
+                index[k] = [v]
+            else:
+                values.append(v)
+        self._index = index
+        return index
+
+    def _values(self, name: str) -> list[str] | None:
+        index = self._index
+        if index is None:
+            index = self._build_index()
+        values = index.get(name)
+        if values is None:
+            key = _key(name)
+            if key != name:
+                values = index.get(key)
+        return values
+
+    def changed(self) -> None:
+        """Drop the lookup index after editing `_items` in place."""
+        self._index = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        key = _key(name)
-        for k, v in self._items:
-            if k == key:
-                return v
-        return default
+        values = self._values(name)
+        return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """Every value, list headers split into elements, in message order."""
-        key = _key(name)
-        values = [v for k, v in self._items if k == key]
-        if key in LIST_HEADERS:
+        values = self._values(name)
+        if not values:
+            return []
+        if _key(name) in LIST_HEADERS:
             out: list[str] = []
             for v in values:
                 out.extend(split_list(v))
             return out
-        return values
+        return list(values)
 
     def count(self, name: str) -> int:
-        key = _key(name)
-        return sum(1 for k, _ in self._items if k == key)
+        values = self._values(name)
+        return len(values) if values else 0
 
     def __contains__(self, name: str) -> bool:
-        key = _key(name)
-        return any(k == key for k, _ in self._items)
+        return bool(self._values(name))
 
     def add(self, name: str, value: str, first: bool = False) -> None:
         entry = [_key(name), value]
@@ -203,10 +229,12 @@ class Headers:
             self._items.insert(0, entry)
         else:
             self._items.append(entry)
+        self._index = None
 
     def set(self, name: str, value: str) -> None:
         """Replace every occurrence with one value, keeping the first one's place."""
         key = _key(name)
+        self._index = None
         for i, (k, _) in enumerate(self._items):
             if k == key:
                 self._items[i] = [key, value]
@@ -217,12 +245,14 @@ class Headers:
     def remove(self, name: str) -> None:
         key = _key(name)
         self._items = [e for e in self._items if e[0] != key]
+        self._index = None
 
     def pop_first(self, name: str) -> str | None:
         key = _key(name)
         for i, (k, v) in enumerate(self._items):
             if k == key:
                 del self._items[i]
+                self._index = None
                 return v
         return None
 
@@ -441,7 +471,7 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
 class Message:
     """Common part of requests and responses; structured views are cached."""
 
-    __slots__ = ("headers", "body", "_vias", "_from", "_to", "_cseq")
+    __slots__ = ("headers", "body", "_vias", "_from", "_to", "_cseq", "_contacts")
 
     def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
         self.headers = headers if headers is not None else Headers()
@@ -450,6 +480,7 @@ class Message:
         self._from: NameAddr | None = None
         self._to: NameAddr | None = None
         self._cseq: tuple[int, str] | None = None
+        self._contacts: tuple[dict | None, list[NameAddr]] | None = None
 
     # -- structured views ---------------------------------------------------
     @property
@@ -508,14 +539,22 @@ class Message:
     @property
     def contacts(self) -> list[NameAddr]:
         """Contact values; `Contact: *` yields a single NameAddr with uri '*'."""
-        values = self.headers.get_all("contact")
+        h = self.headers
+        cached = self._contacts
+        if cached is not None and cached[0] is h._index is not None:
+            return cached[1]  # the headers are unchanged since (mutators drop the index)
+        values = h.get_all("contact")
         if values == ["*"]:
-            return [NameAddr("*")]
-        return [parse_name_addr(v, "Contact") for v in values]
+            contacts = [NameAddr("*")]
+        else:
+            contacts = [parse_name_addr(v, "Contact") for v in values]
+        self._contacts = (h._index, contacts)
+        return contacts
 
     def invalidate(self) -> None:
         """Drop cached views after editing headers directly."""
-        self._vias = self._from = self._to = self._cseq = None
+        self._vias = self._from = self._to = self._cseq = self._contacts = None
+        self.headers.changed()
 
     def set_from(self, value: NameAddr) -> None:
         self.headers.set("from", str(value))
@@ -620,17 +659,24 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     """Parse one message. On datagrams, Content-Length bounds the body (§18.3)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ParseError("Not bytes")
-    data = bytes(data).lstrip(b"\r\n")  # §7.5: CRLFs before the start line are ignored
+    if data[:1] in (b"\r", b"\n") or not isinstance(data, bytes):
+        data = bytes(data).lstrip(b"\r\n")  # §7.5: CRLFs before the start line are ignored
     if not data:
         raise ParseError("Empty message")
     head_b, body = _split_head(data)
     head = head_b.decode("utf-8", "surrogateescape")
-    if "\r" in head.replace("\r\n", ""):
-        raise ParseError("Bare CR in header section")
-    lines = head.replace("\r\n", "\n").split("\n")
+    lines = head.split("\r\n")
+    crlfs = len(lines) - 1
+    if head.count("\r") != crlfs or head.count("\n") != crlfs:
+        # Not every line break is CRLF: refuse bare CRs, tolerate bare LFs (§7.5).
+        if "\r" in head.replace("\r\n", ""):
+            raise ParseError("Bare CR in header section")
+        lines = head.replace("\r\n", "\n").split("\n")
     start = lines[0]
     items: list[list[str]] = []
+    index: dict[str, list[str]] | None = {}
     last: list[str] | None = None
+    keys = _KEYS
     for line in lines[1:]:
         if not line:
             continue
@@ -638,23 +684,32 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
             if last is None:
                 raise ParseError("Continuation line without a header")
             last[1] = (last[1] + " " + line.strip()).strip()  # §7.3.1 folding
+            index = None  # holds the unfolded value: rebuilt on first lookup
             continue
         colon = line.find(":")
         if colon <= 0:
             raise ParseError("Malformed header line")
         name = line[:colon]
-        key = _KEYS.get(name)
+        key = keys.get(name)
         if key is None:
             name = name.rstrip(" \t")
             if not _is_token(name):
                 raise ParseError("Malformed header name")
             key = _key(name)
-        last = [key, line[colon + 1 :].strip(" \t")]
+        value = line[colon + 1 :].strip(" \t")
+        last = [key, value]
         items.append(last)
+        if index is not None:
+            values = index.get(key)
+            if values is None:
+                index[key] = [value]
+            else:
+                values.append(value)
     headers = Headers(items)
+    headers._index = index
 
     # Content-Length (§20.14): mandatory on streams; on datagrams it bounds the body.
-    cl_values = [v for k, v in items if k == "content-length"]
+    cl_values = headers._values("content-length") or ()
     if len(cl_values) > 1:
         raise ParseError("Multiple Content-Length values")
     if cl_values:
@@ -698,14 +753,18 @@ def _parse_status_line(start: str, headers: Headers, body: bytes) -> Response:
 def _check_common(msg: Message) -> None:
     """Checks shared by requests and responses: mandatory and scalar fields."""
     h = msg.headers
-    seen: set[str] = set()
-    for k, _ in h._items:
-        if k in SINGLE_HEADERS:
-            if k in seen:
-                raise ParseError(f"Multiple {canonical_name(k)} header fields")
-            seen.add(k)
+    index = h._index
+    if index is None:
+        index = h._build_index()
+    if any(len(index.get(k, ())) > 1 for k in SINGLE_HEADERS):
+        seen: set[str] = set()
+        for k, _ in h._items:  # name the first repeated one, in message order
+            if k in SINGLE_HEADERS:
+                if k in seen:
+                    raise ParseError(f"Multiple {canonical_name(k)} header fields")
+                seen.add(k)
     for name in ("to", "from", "call-id", "cseq"):
-        if name not in seen:
+        if name not in index:
             raise ParseError(f"Missing {canonical_name(name)}")
     call_id = h.get("call-id")
     if not call_id or " " in call_id:
