@@ -14,6 +14,7 @@ import base64
 import enum
 import hashlib
 import hmac
+import itertools
 import re
 import secrets
 import struct
@@ -379,6 +380,7 @@ class Verdict(enum.Enum):
 
 _TS = struct.Struct(">d")
 _SALT_LEN = 6
+_SALT_MASK = (1 << 8 * _SALT_LEN) - 1
 _MAC_LEN = 16
 _NONCE_RAW_LEN = _TS.size + _SALT_LEN + _MAC_LEN  # 30 bytes -> 40 base64 chars, no padding
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{40}")  # canonical form only: one string per nonce
@@ -413,6 +415,10 @@ class DigestServer:
             raise ValueError("max_nonces must be positive")
         self.allow_no_qop = allow_no_qop  # RFC 2069 clients; nonces then reusable until expiry
         self._secret = secret if secret is not None else secrets.token_bytes(32)
+        # Nonce salts: a random start, then a counter. Unique per process without a
+        # getrandom() call per challenge; the HMAC is what makes a nonce unforgeable.
+        self._salts = itertools.count(int.from_bytes(secrets.token_bytes(_SALT_LEN), "big"))
+        self._header_templates: dict[bool, list[tuple[str, str]]] = {}
         self._realm_bytes = realm.encode()
         self._dummy_password = secrets.token_hex(16)  # equal work for unknown users
         self._max_nonces = max_nonces
@@ -425,7 +431,8 @@ class DigestServer:
     # nonces
 
     def make_nonce(self, now: float) -> str:
-        head = _TS.pack(now) + secrets.token_bytes(_SALT_LEN)
+        salt = next(self._salts) & _SALT_MASK
+        head = _TS.pack(now) + salt.to_bytes(_SALT_LEN, "big")
         mac = hmac.digest(self._secret, head + self._realm_bytes, "sha256")[:_MAC_LEN]
         return base64.urlsafe_b64encode(head + mac).decode("ascii")
 
@@ -444,6 +451,21 @@ class DigestServer:
         """One challenge per algorithm, preferred first (RFC 8760 §2.4), sharing a fresh nonce."""
         nonce = self.make_nonce(now)
         return [Challenge(self.realm, nonce, alg, ["auth"], stale=stale) for alg in self.algorithms]
+
+    def challenge_headers(self, now: float, stale: bool = False) -> list[str]:
+        """challenges() as header values: the same text, formatted once per process
+        with only the fresh nonce put in (the registrar's hot path)."""
+        parts = self._header_templates.get(stale)
+        if parts is None:
+            marker = "\x00"  # the nonce's place; only the realm, before it, is not ours
+            parts = []
+            for alg in self.algorithms:
+                text = Challenge(self.realm, marker, alg, ["auth"], stale=stale).to_header()
+                before, _, after = text.rpartition(marker)
+                parts.append((before, after))
+            self._header_templates[stale] = parts
+        nonce = self.make_nonce(now)
+        return [before + nonce + after for before, after in parts]
 
     # verification
 

@@ -278,6 +278,24 @@ def test_challenge_list_order_and_shape():
     assert make_server().challenges(T0)[0].nonce != challenges[0].nonce  # salted
 
 
+@pytest.mark.parametrize("stale", [False, True])
+def test_challenge_headers_are_challenges_text_with_fresh_nonces(stale):
+    server = make_server()
+    first, second = server.challenge_headers(T0, stale), server.challenge_headers(T0, stale)
+    expected = server.challenges(T0, stale)
+    for headers in (first, second):
+        parsed = [parse_challenge(h) for h in headers]
+        assert len({p.nonce for p in parsed}) == 1  # one nonce shared by both algorithms
+        nonce = parsed[0].nonce
+        assert server.nonce_time(nonce) == T0
+        assert [h.replace(nonce, "N") for h in headers] == [
+            c.to_header().replace(c.nonce, "N") for c in expected]
+    assert parse_challenge(first[0]).nonce != parse_challenge(second[0]).nonce
+    creds = answer_challenge(parse_challenge(first[1]), "REGISTER", f"sip:{REALM}", "alice",
+                             USERS["alice"])
+    assert server.verify(creds, "REGISTER", lookup, T0 + 1) is Verdict.OK
+
+
 @pytest.mark.parametrize("alg", ["SHA-256", "MD5"])
 def test_good_credentials_ok_for_both_algorithms(alg):
     server = make_server()
