@@ -177,7 +177,7 @@ class Daemon:
                 pbx.config = new
             for aor, b in location.expire(time.time()):
                 bus.publish(ExtensionUnregistered(aor, b.contact, "expired"))
-            if location.dirty:
+            if location.needs_save():
                 snapshot = location.snapshot()
                 try:
                     await loop.run_in_executor(None, location.save, snapshot)

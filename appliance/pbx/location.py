@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from ..sip.transaction import Peer
 from ..store.atomic import atomic_write
 
 log = logging.getLogger("appliance.location")
+
+REFRESH_SAVE_DELAY = 30.0  # seconds a refresh may wait before registrations.json is rewritten
 
 
 @dataclass(slots=True)
@@ -51,7 +54,17 @@ class Location:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._bindings: dict[str, dict[str, Binding]] = {}
-        self.dirty = False
+        self.dirty = False       # a binding came, went or moved: save within a second
+        self.refreshed = False   # only refreshes since the last save: they can wait
+        self._saved_at = time.monotonic()
+
+    def needs_save(self) -> bool:
+        """Whether the daemon's once-a-second housekeeping should save now. A refresh
+        that is not saved yet costs nothing on a restart: the binding loaded back is
+        still valid until its previous expiry, and phones refresh well before that.
+        Rewriting 10,000 bindings every second for refreshes alone would not pay."""
+        return self.dirty or (self.refreshed
+                              and time.monotonic() - self._saved_at >= REFRESH_SAVE_DELAY)
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._bindings.values())
@@ -73,8 +86,14 @@ class Location:
         return self._bindings.get(aor, {}).get(contact)
 
     def put(self, aor: str, binding: Binding) -> None:
-        self._bindings.setdefault(aor, {})[binding.contact] = binding
-        self.dirty = True
+        found = self._bindings.setdefault(aor, {})
+        old = found.get(binding.contact)
+        found[binding.contact] = binding
+        if (old is not None and old.peer == binding.peer and old.q == binding.q
+                and old.path == binding.path and old.user_agent == binding.user_agent):
+            self.refreshed = True  # a refresh: only expiry and CSeq moved
+        else:
+            self.dirty = True
 
     def remove(self, aor: str, contact: str) -> Binding | None:
         found = self._bindings.get(aor)
@@ -108,7 +127,8 @@ class Location:
 
     # -- persistence ----------------------------------------------------------
     def snapshot(self) -> bytes:
-        self.dirty = False
+        self.dirty = self.refreshed = False
+        self._saved_at = time.monotonic()
         data = {aor: [b.to_json() for b in found.values()]
                 for aor, found in self._bindings.items()}
         return json.dumps({"version": 1, "bindings": data}, separators=(",", ":")).encode()
