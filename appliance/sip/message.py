@@ -98,6 +98,22 @@ def _is_token(text: str) -> bool:
     return _TOKEN_RE.fullmatch(text) is not None
 
 
+# Fast paths for the shapes nearly every phone sends: one linear regular expression
+# (single character classes, no nested quantifiers) recognises a value whose parse is
+# unambiguous; anything else (quotes, spaces, IPv6, escapes) goes through the general
+# parser below, which gives the same result for what the fast path accepts.
+_T = r"A-Za-z0-9\-.!%*_+`'~"
+_PARAMS = rf"(?:;[{_T}]+(?:=[{_T}]+)?)*"
+_PARAM_RE = re.compile(rf";([{_T}]+)(?:=([{_T}]+))?")
+_FAST_VIA_RE = re.compile(rf"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9\-.]+)(?::([0-9]{{1,5}}))?({_PARAMS})")
+_FAST_NAME_ADDR_RE = re.compile(rf'(?:"([^"\\\x00-\x1f]*)" ?)?<([^<>"\x00-\x20]+)>({_PARAMS})')
+
+
+def _fast_params(text: str) -> dict[str, str | None]:
+    """Parameters already matched by `_PARAMS`: names lower-cased, bare names → None."""
+    return {name.lower(): value or None for name, value in _PARAM_RE.findall(text)}
+
+
 _CANONICAL: dict[str, str] = dict(_SPECIAL_CASE)
 
 
@@ -354,6 +370,15 @@ class NameAddr:
 
 def parse_name_addr(value: str, where: str = "header") -> NameAddr:
     """Parse `name-addr / addr-spec` followed by header parameters (§20.10, §25.1)."""
+    m = _FAST_NAME_ADDR_RE.fullmatch(value)
+    if m is not None:
+        display, uri, params = m.groups()
+        return NameAddr(uri, display, _fast_params(params) if params else {})
+    return _parse_name_addr(value, where)
+
+
+def _parse_name_addr(value: str, where: str) -> NameAddr:
+    """The general parser behind parse_name_addr's fast path."""
     s = value.strip()
     if not s:
         raise ParseError(f"Empty {where}")
@@ -426,6 +451,17 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
+    m = _FAST_VIA_RE.fullmatch(value)
+    if m is not None:
+        transport, host, port, params = m.groups()
+        if port is None or int(port) <= 65535:
+            return Via(transport.upper(), host, int(port) if port else None,
+                       _fast_params(params) if params else {})
+    return _parse_via(value)
+
+
+def _parse_via(value: str) -> Via:
+    """The general parser behind parse_via's fast path."""
     parts = value.split("/", 2)
     if len(parts) != 3 or parts[0].strip().upper() != "SIP" or parts[1].strip() != "2.0":
         raise ParseError("Malformed Via")

@@ -223,8 +223,28 @@ def _parse_host_port(text: str) -> tuple[str, int | None]:
     return host, port
 
 
+# The common `sip:user@host:port;params` in one linear regular expression; anything
+# else (passwords, escapes in odd places, IPv6, headers, empty values) takes the scan.
+_FAST_SIP_RE = re.compile(
+    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,%]+)@)?([A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?"
+    r"((?:;[^;?=@\x00-\x20<>\"]+(?:=[^;?=@\x00-\x20<>\"]+)?)*)")
+_FAST_PARAM_RE = re.compile(r";([^;=]+)(?:=([^;]+))?")
+
+
 def parse_uri(text: str) -> URI:
     """Parse a URI as found in a Request-URI or inside < > of a name-addr."""
+    m = _FAST_SIP_RE.fullmatch(text)
+    if m is not None:
+        scheme, user, host, port, params = m.groups()
+        if port is None or int(port) <= 65535:
+            return SipURI(host, user, int(port) if port else None, scheme, None,
+                          {k.lower(): v or None for k, v in _FAST_PARAM_RE.findall(params)}
+                          if params else {})
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> URI:
+    """The general parser behind parse_uri's fast path."""
     colon = text.find(":")
     if colon <= 0:
         raise URIError(f"no scheme in {text!r}")
