@@ -143,8 +143,23 @@ _TOKEN_RE = re.compile(_TOKEN)
 _NC_RE = re.compile(r"[0-9a-fA-F]{8}")  # nc-value = 8LHEX (RFC 2617 §3.2.2)
 
 
+# What phones send: `Digest name="value", name=token, ...` with single spaces, no escapes.
+_FAST_ITEM = r'[A-Za-z0-9_\-]+=(?:"[^"\\\x00-\x1f\x7f]*"|[^\x00-\x20",\\\x7f]+)'
+_FAST_RE = re.compile(rf"Digest {_FAST_ITEM}(?:, ?{_FAST_ITEM})*")
+_FAST_ITEM_RE = re.compile(r'([A-Za-z0-9_\-]+)=(?:"([^"]*)"|([^,]+))')
+
+
 def _parse_params(value: str) -> dict[str, str]:
     """'Digest a=b, c="d"' -> {"a": "b", "c": "d"}: names lower-cased, quoted-pairs undone."""
+    if _FAST_RE.fullmatch(value) is not None:
+        items = _FAST_ITEM_RE.findall(value, 7)
+        fast = {name.lower(): quoted or token for name, quoted, token in items}
+        if len(fast) == len(items):  # a repeated name is refused by the general parser
+            return fast
+    return _parse_params_general(value)
+
+
+def _parse_params_general(value: str) -> dict[str, str]:
     m = _SCHEME_RE.match(value)
     if m is None or m.group(1).lower() != "digest":
         raise DigestError(f"not a Digest header: {value[:60]!r}")
