@@ -1022,6 +1022,17 @@ class Call:
         pbx.bus.publish(CallEnded(self.a_req.call_id, self.caller, self.callee,
                                   200 if self.answered_at else status, reason, duration,
                                   media))
+        ep = pbx.endpoint
+        ep.loop.call_later(ep.layer.linger + 1.0, self._dispose)
+
+    def _dispose(self) -> None:
+        """Legs and forks point back at their call. Once no transaction of the call can
+        still report anything, drop the call's links to them: the whole call is then
+        freed by reference counting, not left to the cycle collector."""
+        self.forks = []
+        self.winner = None
+        self.a_leg = self.b_leg = None
+        self.pending_ack = {}
 
 
 def _redirect_target(resp: Response) -> str | None:

@@ -79,7 +79,8 @@ class Location:
             for key in [k for k, b in found.items() if b.expires_at <= now]:
                 del found[key]
             self.dirty = True
-        live.sort(key=lambda b: -b.q)
+        if len(live) > 1:
+            live.sort(key=lambda b: -b.q)
         return live
 
     def get(self, aor: str, contact: str) -> Binding | None:

@@ -261,16 +261,18 @@ def _stamp_via(req: Request, peer: Peer) -> None:
         changed = True
     if changed:
         # Rewrite only the first Via value; later ones stay byte-identical.
-        items = req.headers._items
+        # (The parsed Via, edited in place above, stays cached.)
+        headers = req.headers
+        items = headers._items
         for i, (k, v) in enumerate(items):
             if k == "via":
-                rest = _after_first_value(v)
-                items[i] = ["via", str(via) + (", " + rest if rest else "")]
-                req.headers.changed()
+                rest = _after_first_value(v) if "," in v else ""
+                text = str(via) + (", " + rest if rest else "")
+                items[i] = ["via", text]
+                index = headers._index
+                if index is not None:
+                    index["via"][0] = text  # the first Via line, as in _items
                 break
-        vias = req._vias
-        req.invalidate()
-        req._vias = vias
 
 
 def _after_first_value(value: str) -> str:

@@ -792,7 +792,7 @@ def _check_common(msg: Message) -> None:
     index = h._index
     if index is None:
         index = h._build_index()
-    if any(len(index.get(k, ())) > 1 for k in SINGLE_HEADERS):
+    if len(index) < len(h._items) and any(len(index.get(k, ())) > 1 for k in SINGLE_HEADERS):
         seen: set[str] = set()
         for k, _ in h._items:  # name the first repeated one, in message order
             if k in SINGLE_HEADERS:

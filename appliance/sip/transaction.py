@@ -214,7 +214,7 @@ class TransactionLayer:
 
     __slots__ = ("timers", "_t1", "_t2", "_t4", "_t64", "_timer_d", "_clients", "_servers",
                  "_servers_2543", "_acks", "_by_peer", "_heap", "_seq", "_ids", "_out",
-                 "_events", "dropped")
+                 "_events", "_ended", "dropped")
 
     def __init__(self, timers: Timers | None = None) -> None:
         self.timers = timers = timers if timers is not None else Timers()
@@ -235,6 +235,7 @@ class TransactionLayer:
         self._ids = count(1)
         self._out: list[tuple[Peer, bytes]] = []
         self._events: deque[Event] = deque()
+        self._ended: list[Txn] = []   # terminated since the events were last drained
         self.dropped = 0   # input dropped as unusable (metrics)
 
     # -- public API: output ---------------------------------------------------------
@@ -245,8 +246,19 @@ class TransactionLayer:
         return out
 
     def next_event(self) -> Event | None:
+        """The next event for the TU; None once all are taken. Then the `user_data` of
+        transactions that ended meanwhile is let go: no event can name them any more,
+        and a TU object that points back at its transaction (a call at its INVITE) is
+        then freed by reference counting instead of waiting for the cycle collector."""
         events = self._events
-        return events.popleft() if events else None
+        if events:
+            return events.popleft()
+        ended = self._ended
+        if ended:
+            for txn in ended:
+                txn.user_data = None
+            ended.clear()
+        return None
 
     def get_timer(self) -> float | None:
         """The earliest deadline at which `handle_timer` has work, or None."""
@@ -268,6 +280,12 @@ class TransactionLayer:
 
     def __len__(self) -> int:
         return len(self._clients) + len(self._servers) + len(self._servers_2543)
+
+    @property
+    def linger(self) -> float:
+        """The longest a transaction lives on after its final response (Timers D, H, J,
+        L, M): after that no event will name it."""
+        return self._timer_d
 
     # -- public API: input ----------------------------------------------------------
     def receive(self, msg: Request | Response, source: Peer, now: float) -> None:
@@ -628,6 +646,7 @@ class TransactionLayer:
     def _terminate(self, txn: Txn) -> None:
         txn.state = "terminated"
         txn._gen += 1
+        self._ended.append(txn)
         if isinstance(txn, ServerTransaction):
             index = txn._index
             if index.get(txn._key) is txn:

@@ -198,6 +198,25 @@ def test_non_invite_client_udp_retransmits_with_timer_e_and_times_out_with_f():
     assert len({id(d) for _, _, d in h.sent}) == 1
 
 
+def test_ended_transactions_let_go_of_user_data_once_their_events_are_taken():
+    h = Harness()
+    txn = h.send(req())
+    owner = object()
+    txn.user_data = owner
+    seen = []
+    h.at(31.9)
+    assert txn.user_data is owner
+    for _ in range(100):   # Timer F: the TU reads user_data from the timeout event...
+        deadline = h.layer.get_timer()
+        if deadline is None:
+            break
+        h.layer.handle_timer(deadline)
+        while (ev := h.layer.next_event()) is not None:
+            seen.append((type(ev).__name__, ev.txn.user_data))
+    assert seen == [("TransactionTimeout", owner)]
+    assert txn.state == "terminated" and txn.user_data is None  # ...then it is let go
+
+
 def test_non_invite_client_timer_e_is_t2_in_proceeding():
     h = Harness()
     r = req()
