@@ -214,7 +214,7 @@ class TransactionLayer:
 
     __slots__ = ("timers", "_t1", "_t2", "_t4", "_t64", "_timer_d", "_clients", "_servers",
                  "_servers_2543", "_acks", "_by_peer", "_heap", "_seq", "_ids", "_out",
-                 "_events", "_ended", "dropped")
+                 "_events", "_ended", "_t64_queue", "dropped")
 
     def __init__(self, timers: Timers | None = None) -> None:
         self.timers = timers = timers if timers is not None else Timers()
@@ -231,6 +231,10 @@ class TransactionLayer:
         self._acks: dict[tuple, ServerTransaction] = {}         # (Call-ID, CSeq, To tag) of 2xx
         self._by_peer: dict[tuple, dict[Txn, None]] = {}        # (transport, host, port)
         self._heap: list[tuple] = []
+        # Timers of 64*T1 from now (B, F, H, J, L, M) expire in the order they were set,
+        # so they queue in a FIFO instead of the heap: O(1) where a registrar holding
+        # every REGISTER for Timer J would otherwise push and pop a heap of 10^5 entries.
+        self._t64_queue: deque[tuple] = deque()
         self._seq = count()
         self._ids = count(1)
         self._out: list[tuple[Peer, bytes]] = []
@@ -266,15 +270,29 @@ class TransactionLayer:
         while heap:
             entry = heap[0]
             if entry[2]._gen == entry[4]:
-                return entry[0]
+                break
             heappop(heap)  # stale: its transaction changed state or ended
-        return None
+        queue = self._t64_queue
+        while queue:
+            entry = queue[0]
+            if entry[1]._gen == entry[3]:
+                break
+            queue.popleft()
+        if heap:
+            return min(heap[0][0], queue[0][0]) if queue else heap[0][0]
+        return queue[0][0] if queue else None
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at `now`, in deadline order."""
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, txn, handler, gen = heappop(heap)
+        queue = self._t64_queue
+        while True:
+            if heap and heap[0][0] <= now and (not queue or heap[0][0] <= queue[0][0]):
+                _, _, txn, handler, gen = heappop(heap)
+            elif queue and queue[0][0] <= now:
+                _, txn, handler, gen = queue.popleft()
+            else:
+                return
             if txn._gen == gen:
                 handler(self, txn, now)
 
@@ -322,12 +340,12 @@ class TransactionLayer:
             if not txn._reliable:
                 txn._interval = t1
                 self._schedule(now + t1, txn, _timer_a)
-            self._schedule(now + self._t64, txn, _timer_b)
+            self._schedule_t64(now, txn, _timer_b)
         else:
             if not txn._reliable:
                 txn._interval = t1
                 self._schedule(now + t1, txn, _timer_e)
-            self._schedule(now + self._t64, txn, _timer_f)
+            self._schedule_t64(now, txn, _timer_f)
             if method == "CANCEL":
                 self._cancel_sent(branch, now)
         return txn
@@ -355,7 +373,7 @@ class TransactionLayer:
                     if not txn._reliable:
                         txn._interval = self._t1
                         self._schedule(now + self._t1, txn, _timer_g)
-                    self._schedule(now + self._t64, txn, _timer_h)
+                    self._schedule_t64(now, txn, _timer_h)
             elif state == "accepted" and status < 300 and status >= 200:
                 # RFC 6026 §7.1: a 2xx from the TU in Accepted is sent (and becomes
                 # the one retransmitted).
@@ -369,7 +387,7 @@ class TransactionLayer:
             if txn._reliable:
                 self._terminate(txn)   # Timer J = 0
             else:
-                self._schedule(now + self._t64, txn, _timer_j)
+                self._schedule_t64(now, txn, _timer_j)
                 if txn.user_data is None:
                     # Completed only resends the final response's bytes (§17.2.2) for
                     # 64*T1. With no TU state attached nobody asks for the parsed
@@ -563,7 +581,7 @@ class TransactionLayer:
                 elif status < 300:
                     txn.state = "accepted"  # RFC 6026 §7.2
                     txn._gen += 1
-                    self._schedule(now + self._t64, txn, _timer_m)
+                    self._schedule_t64(now, txn, _timer_m)
                     events.append(ResponseReceived(txn, resp, source))
                 else:
                     txn.state = "completed"
@@ -603,6 +621,16 @@ class TransactionLayer:
     def _schedule(self, when: float, txn: Txn, handler: _Handler) -> None:
         heappush(self._heap, (when, next(self._seq), txn, handler, txn._gen))
 
+    def _schedule_t64(self, now: float, txn: Txn, handler: _Handler) -> None:
+        """A timer of 64*T1 from `now`: queued, as long as that keeps the queue sorted
+        (a caller whose `now` went back gets the heap)."""
+        when = now + self._t64
+        queue = self._t64_queue
+        if queue and queue[-1][0] > when:
+            self._schedule(when, txn, handler)
+        else:
+            queue.append((when, txn, handler, txn._gen))
+
     def _index_peer(self, txn: Txn) -> None:
         bucket = self._by_peer.get(txn._pkey)
         if bucket is None:
@@ -631,7 +659,7 @@ class TransactionLayer:
         if not txn._reliable:
             txn._interval = self._t1
             self._schedule(now + self._t1, txn, _timer_2xx)
-        self._schedule(txn._expires, txn, _timer_l)
+        self._schedule_t64(now, txn, _timer_l)
 
     def _cancel_sent(self, branch: str, now: float) -> None:
         """§9.1: an INVITE still without a final response 64*T1 after its CANCEL is gone."""

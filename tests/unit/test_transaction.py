@@ -217,6 +217,18 @@ def test_ended_transactions_let_go_of_user_data_once_their_events_are_taken():
     assert txn.state == "terminated" and txn.user_data is None  # ...then it is let go
 
 
+def test_64_t1_timers_fire_in_deadline_order_even_if_now_goes_back():
+    h = Harness()
+    first = h.layer.send_request(req(branch="z9hG4bKlate"), UDP, 10.0)
+    second = h.layer.send_request(req(branch="z9hG4bKearly"), UDP, 5.0)   # a clock step back
+    fired = []
+    while (deadline := h.layer.get_timer()) is not None:
+        h.layer.handle_timer(deadline)
+        while (ev := h.layer.next_event()) is not None:
+            fired.append((deadline, ev.txn))
+    assert fired == [(37.0, second), (42.0, first)]   # Timer F = 64*T1 after each
+
+
 def test_non_invite_client_timer_e_is_t2_in_proceeding():
     h = Harness()
     r = req()
