@@ -268,10 +268,10 @@ def _stamp_via(req: Request, peer: Peer) -> None:
             if k == "via":
                 rest = _after_first_value(v) if "," in v else ""
                 text = str(via) + (", " + rest if rest else "")
-                items[i] = ["via", text]
+                items[i] = ("via", text)
                 index = headers._index
                 if index is not None:
-                    index["via"][0] = text  # the first Via line, as in _items
+                    index["via"] = (text, *index["via"][1:])  # the first Via line, as in _items
                 break
 
 

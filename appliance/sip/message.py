@@ -178,30 +178,29 @@ def split_list(value: str) -> list[str]:
 class Headers:
     """Ordered, case-insensitive multi-map of header fields.
 
-    Entries are `[key, value]` with `key` the lowercase full name (compact forms
+    Entries are `(key, value)` with `key` the lowercase full name (compact forms
     expanded), so lookup is a string compare and output uses `canonical_name`.
     The first lookup builds an index (key → values in order) that every mutator
-    drops; code that edits `_items` directly calls `changed()`.
+    drops; code that edits `_items` directly calls `changed()`. Entries and index
+    values are tuples of strings, which the cycle collector stops tracking: a call
+    keeps several parsed messages for 64*T1, and lists would each be scanned.
     """
 
     __slots__ = ("_items", "_index")
 
-    def __init__(self, items: list[list[str]] | None = None) -> None:
-        self._items: list[list[str]] = items if items is not None else []
-        self._index: dict[str, list[str]] | None = None
+    def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
+        self._items: list[tuple[str, str]] = items if items is not None else []
+        self._index: dict[str, tuple[str, ...]] | None = None
 
-    def _build_index(self) -> dict[str, list[str]]:
-        index: dict[str, list[str]] = {}
+    def _build_index(self) -> dict[str, tuple[str, ...]]:
+        index: dict[str, tuple[str, ...]] = {}
         for k, v in self._items:
             values = index.get(k)
-            if values is None:
-                index[k] = [v]
-            else:
-                values.append(v)
+            index[k] = (v,) if values is None else values + (v,)
         self._index = index
         return index
 
-    def _values(self, name: str) -> list[str] | None:
+    def _values(self, name: str) -> tuple[str, ...] | None:
         index = self._index
         if index is None:
             index = self._build_index()
@@ -240,7 +239,7 @@ class Headers:
         return bool(self._values(name))
 
     def add(self, name: str, value: str, first: bool = False) -> None:
-        entry = [_key(name), value]
+        entry = (_key(name), value)
         if first:
             self._items.insert(0, entry)
         else:
@@ -253,10 +252,10 @@ class Headers:
         self._index = None
         for i, (k, _) in enumerate(self._items):
             if k == key:
-                self._items[i] = [key, value]
+                self._items[i] = (key, value)
                 self._items[i + 1 :] = [e for e in self._items[i + 1 :] if e[0] != key]
                 return
-        self._items.append([key, value])
+        self._items.append((key, value))
 
     def remove(self, name: str) -> None:
         key = _key(name)
@@ -276,7 +275,7 @@ class Headers:
         return ((k, v) for k, v in self._items)
 
     def copy(self) -> Headers:
-        return Headers([list(e) for e in self._items])
+        return Headers(list(self._items))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -709,17 +708,17 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
             raise ParseError("Bare CR in header section")
         lines = head.replace("\r\n", "\n").split("\n")
     start = lines[0]
-    items: list[list[str]] = []
-    index: dict[str, list[str]] | None = {}
-    last: list[str] | None = None
+    items: list[tuple[str, str]] = []
+    index: dict[str, tuple[str, ...]] | None = {}
     keys = _KEYS
     for line in lines[1:]:
         if not line:
             continue
         if line[0] in " \t":
-            if last is None:
+            if not items:
                 raise ParseError("Continuation line without a header")
-            last[1] = (last[1] + " " + line.strip()).strip()  # §7.3.1 folding
+            key, value = items[-1]
+            items[-1] = (key, (value + " " + line.strip()).strip())  # §7.3.1 folding
             index = None  # holds the unfolded value: rebuilt on first lookup
             continue
         colon = line.find(":")
@@ -733,14 +732,10 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
                 raise ParseError("Malformed header name")
             key = _key(name)
         value = line[colon + 1 :].strip(" \t")
-        last = [key, value]
-        items.append(last)
+        items.append((key, value))
         if index is not None:
             values = index.get(key)
-            if values is None:
-                index[key] = [value]
-            else:
-                values.append(value)
+            index[key] = (value,) if values is None else values + (value,)
     headers = Headers(items)
     headers._index = index
 
@@ -864,19 +859,19 @@ def make_response(request: Request, status: int, reason: str | None = None,
     src = request.headers
     for k, v in src._items:
         if k == "via":
-            h._items.append([k, v])
+            h._items.append((k, v))
     for name in ("from", "to", "call-id", "cseq"):
         v = src.get(name)
         if v is not None:
             if name == "to" and to_tag and ";tag=" not in v.replace(" ", "").lower():
                 v = f"{v};tag={to_tag}"
-            h._items.append([name, v])
+            h._items.append((name, v))
     if status == 100:
         ts = src.get("timestamp")  # §8.2.6.1
         if ts is not None:
-            h._items.append(["timestamp", ts])
+            h._items.append(("timestamp", ts))
     if content_type:
-        h._items.append(["content-type", content_type])
+        h._items.append(("content-type", content_type))
     return Response(status, reason, h, body)
 
 
