@@ -243,6 +243,25 @@ class _PrackSent:
         pass
 
 
+class _AckAgain:
+    """What an ended call leaves on its answered fork's INVITE transaction (Timer M):
+    a 2xx the callee retransmits because our ACK was lost gets that ACK again."""
+
+    __slots__ = ("endpoint", "ack", "peer")
+
+    def __init__(self, endpoint: Any, ack: Request | None, peer: Peer) -> None:
+        self.endpoint = endpoint
+        self.ack = ack
+        self.peer = peer
+
+    def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
+        if 200 <= resp.status < 300 and self.ack is not None:
+            self.endpoint.send_stateless(self.ack, self.peer)
+
+    def on_failure(self, txn: ClientTransaction, status: int) -> None:
+        pass
+
+
 class _Relay:
     """An in-dialog request relayed from one leg to the other, awaiting its answer."""
 
@@ -1022,13 +1041,40 @@ class Call:
         pbx.bus.publish(CallEnded(self.a_req.call_id, self.caller, self.callee,
                                   200 if self.answered_at else status, reason, duration,
                                   media))
-        ep = pbx.endpoint
-        ep.loop.call_later(ep.layer.linger + 1.0, self._dispose)
+        self._release()
+
+    def _release(self) -> None:
+        """An ended call has little left to hear: its INVITE server transaction nothing
+        it must act on, the answered fork only 2xx retransmissions (our ACK was lost:
+        send it again, §13.2.2.4), other forks a late answer (ACK and BYE) or their
+        487. The first two get small stand-ins, so that the transactions' 64*T1 of
+        Timers L and M do not keep the whole call. Legs and forks point back at the
+        call: unless a fork may still answer, those cycles are broken now, else once
+        no transaction of the call can report anything (linger)."""
+        layer = self.pbx.endpoint.layer
+        if self.a_txn.user_data is self:
+            layer.release(self.a_txn)
+        lingering = False
+        for fork in self.forks:
+            txn = fork.txn
+            if txn is None or txn.state == "terminated" or txn.user_data is not fork:
+                lingering = lingering or (txn is not None and txn.state != "terminated")
+                continue
+            if fork is self.winner and self.b_leg is not None:
+                ack = self.sent_acks.get((self.b_leg, fork.request.cseq[0]))
+                layer.release(txn)
+                txn.user_data = _AckAgain(self.pbx.endpoint, ack, self.b_leg.peer)
+            else:
+                lingering = True
+        if lingering:
+            ep = self.pbx.endpoint
+            ep.loop.call_later(ep.layer.linger + 1.0, self._dispose)
+        else:
+            self._dispose()
 
     def _dispose(self) -> None:
-        """Legs and forks point back at their call. Once no transaction of the call can
-        still report anything, drop the call's links to them: the whole call is then
-        freed by reference counting, not left to the cycle collector."""
+        """Drop the call's links to its legs and forks (they point back at it): the
+        whole call is then freed by reference counting, not left to the cycle collector."""
         self.forks = []
         self.winner = None
         self.a_leg = self.b_leg = None

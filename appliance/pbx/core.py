@@ -313,7 +313,11 @@ class Pbx:
             self.registrar.handle(txn, req, source)
         elif method == "INVITE":
             from .call import Call
-            Call(self, txn, req, source).start()
+            call = Call(self, txn, req, source)
+            call.start()
+            if txn.user_data is call and txn.state != "proceeding":
+                # Answered at once (a digest challenge, a refusal): over before it began.
+                self.endpoint.layer.release(txn)
         elif method == "OPTIONS":
             self.reply(txn, 200, "OK", allow=ALLOW, supported=SUPPORTED, accept=ACCEPT,
                        accept_language="en", user_agent=self.user_agent)

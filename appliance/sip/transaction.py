@@ -84,6 +84,7 @@ class ClientTransaction:
 
     `state` is one of "calling" (INVITE only), "trying" (non-INVITE only),
     "proceeding", "completed", "accepted" (INVITE only, RFC 6026), "terminated".
+    After `TransactionLayer.release()` with a final response in, `request` is None.
     """
 
     __slots__ = ("id", "request", "peer", "state", "is_invite", "method", "user_data",
@@ -119,9 +120,9 @@ class ServerTransaction:
     (`TransactionLayer.response_peer`). `state` is one of "trying" (non-INVITE
     only), "proceeding", "completed", "confirmed" (INVITE only), "accepted"
     (INVITE only, RFC 6026), "terminated". For a CANCEL, `cancels` is the INVITE
-    server transaction it matches (§9.2), or None. A non-INVITE transaction that
-    completes over UDP with no `user_data` drops `request` and `last_response` (both
-    become None) and keeps only the bytes it resends.
+    server transaction it matches (§9.2), or None. After `TransactionLayer.release()`
+    (which a non-INVITE completing over UDP with no `user_data` gets by itself),
+    `request` and `last_response` may be None: only the bytes it resends are kept.
     """
 
     __slots__ = ("id", "request", "source", "peer", "state", "is_invite", "method",
@@ -389,12 +390,25 @@ class TransactionLayer:
             else:
                 self._schedule_t64(now, txn, _timer_j)
                 if txn.user_data is None:
-                    # Completed only resends the final response's bytes (§17.2.2) for
-                    # 64*T1. With no TU state attached nobody asks for the parsed
-                    # messages again: let them go (a registrar's 10,000 phones would
-                    # otherwise keep 32 s of parsed REGISTERs and 200s in memory).
-                    txn.request = None  # type: ignore[assignment]
-                    txn.last_response = None
+                    # A registrar's 10,000 phones would otherwise keep 32 s of parsed
+                    # REGISTERs and 200s in memory.
+                    self.release(txn)
+
+    def release(self, txn: Txn) -> None:
+        """The TU is done with `txn`: drop its `user_data` and, once the final response
+        is out (or in), the parsed messages. What the layer still does until the
+        transaction ends (resend the final response or the ACK, absorb
+        retransmissions, match the ACK of a 2xx) needs only the bytes and keys it
+        keeps; RFC 2543 INVITEs keep theirs, their ACK is matched by the response's tag."""
+        txn.user_data = None
+        state = txn.state
+        if state == "trying" or state == "proceeding" or state == "calling":
+            return
+        if isinstance(txn, ServerTransaction):
+            if txn.is_invite and txn._index is not self._servers:
+                return
+            txn.last_response = None
+        txn.request = None  # type: ignore[assignment]
 
     def send_stateless(self, msg: Request | Response, peer: Peer) -> None:
         """Queue a message outside any transaction (ACK for 2xx, stray replies)."""

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.peers import rawsip
-from tests.peers.sipp import run_sipp, scenario
+from tests.peers.sipp import run_sipp, scenario, start_sipp
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +207,49 @@ def test_late_offer_answer_in_the_ack_reaches_the_callee(daemon, sipp_background
     ack_in = callee.snapshot().received(method="ACK")[0]
     assert b"s=late-answer" in ack_in.body
     assert ack_in.header("content-type") == "application/sdp"
+
+
+def _answer(req: rawsip.SipMessage, status: int, reason: str, body: bytes = b"") -> bytes:
+    head = [f"SIP/2.0 {status} {reason}"]
+    head += [f"Via: {v}" for v in req.header_all("via")]
+    head += [f"From: {req.header('from')}", f"To: {req.header('to')};tag=phone101",
+             f"Call-ID: {req.call_id}", f"CSeq: {req.header('cseq')}",
+             "Contact: <sip:101@127.0.0.1>"]
+    if body:
+        head.append("Content-Type: application/sdp")
+    head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def test_callee_2xx_retransmitted_after_hangup_is_acked_again(daemon, tmp_path) -> None:
+    """§13.2.2.4: every 2xx retransmission gets an ACK. After the call has ended the box
+    keeps only a stand-in on the callee's INVITE transaction (RFC 6026 Timer M); a 200
+    the callee sends again because our ACK was lost still gets the same ACK."""
+    sdp = (b"v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+           b"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    with rawsip.SipClient("udp", ("127.0.0.1", daemon.port)) as phone:
+        res = rawsip.register(phone, user="101", password=daemon.passwords["101"],
+                              domain="127.0.0.1", algorithm="MD5")
+        assert res.status == 200, res.transcript()
+        caller = start_sipp(scenario("uac_call"), daemon.remote("udp"),
+                            keys={"user": "100", "password": daemon.passwords["100"],
+                                  "callee": "101", "hold_ms": 200})
+        try:
+            invite = phone.recv(10)
+            assert invite is not None and invite.method == "INVITE"
+            phone.send(_answer(invite, 180, "Ringing"))
+            ok = _answer(invite, 200, "OK", sdp)
+            phone.send(ok)
+            first = phone.recv(5)
+            assert first is not None and first.method == "ACK", first
+            bye = phone.recv(10)
+            assert bye is not None and bye.method == "BYE", bye
+            phone.send(_answer(bye, 200, "OK"))
+            caller.wait(20).check()
+            daemon.wait_log("ended: hangup")
+            phone.send(ok)   # as if our ACK had been lost
+            again = phone.recv(5)
+            assert again is not None and again.method == "ACK", again
+            assert again.raw == first.raw   # the very same ACK
+        finally:
+            caller.stop()

@@ -1146,3 +1146,48 @@ def test_ack_before_any_final_is_absorbed():
     h.respond(txn, resp(r, 603, to_tag="x"))
     h.receive(ack_for(r, txn.last_response))
     h.finish()
+
+
+# == release(): the TU is done with a transaction =======================================
+
+def test_release_keeps_what_the_layer_still_needs_and_nothing_more():
+    h = Harness()
+    r = invite()
+    txn = new_server_txn(h, r)
+    txn.user_data = owner = object()
+    h.layer.release(txn)   # still Proceeding: only the TU's state goes
+    assert txn.user_data is None and txn.request is r
+    txn.user_data = owner
+    ok = resp(r, 200, to_tag="uas")
+    h.respond(txn, ok)
+    assert txn.state == "accepted"
+    h.layer.release(txn)
+    assert txn.user_data is None and txn.request is None and txn.last_response is None
+    h.at(0.5)   # the 2xx is still retransmitted (the bytes are kept) until its ACK...
+    assert h.times("SIP/2.0 200") == [0.0, 0.5]
+    ack = ack_for(r, ok, branch="z9hG4bKack")
+    assert h.receive(ack) == [RequestReceived(None, ack, UDP)]   # ...which is still matched
+    h.at(5.0)
+    assert h.times("SIP/2.0 200") == [0.0, 0.5]
+    assert h.event_log().count((32.0, "AckTimeout")) == 0
+    h.finish()
+
+    # A client INVITE answered 486: the ACK is resent from bytes after release.
+    c = h.send(invite(branch="z9hG4bKout"))
+    busy = resp(c.request, 486, to_tag="far")
+    h.receive(busy)
+    h.layer.release(c)
+    assert c.request is None
+    h.receive(busy)
+    assert len([d for _, _, d in h.sent if d.startswith(b"ACK")]) == 2
+    h.finish()
+
+    # An RFC 2543 INVITE keeps its messages: its ACK is matched by the response's tag.
+    old = invite(branch=None)
+    t2543 = new_server_txn(h, old)
+    busy = resp(old, 486, to_tag="uas")
+    h.respond(t2543, busy)
+    h.layer.release(t2543)
+    assert t2543.request is old and t2543.last_response is busy
+    assert h.receive(ack_for(old, busy)) == [] and t2543.state == "confirmed"
+    h.finish()
