@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -14,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import systemd
+from . import gcpolicy, systemd
 from .bus import Bus, ExtensionUnregistered
 from .pbx.core import Pbx
 from .pbx.location import Location
@@ -58,16 +57,6 @@ def _nonce_secret(data: Path) -> bytes:
     secret = os.urandom(32)
     atomic_write(path, secret)
     return secret
-
-
-def _tune_gc() -> None:
-    """Everything built at start-up lives for the whole run: keep it out of collections
-    (gc.freeze), and collect the young generation less often. Under load, tens of
-    thousands of transactions are alive at once (UDP keeps each for Timer J, 32 s); the
-    default thresholds make the collector walk them hundreds of times a second."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -132,7 +121,7 @@ class Daemon:
         log.info("listening on %s: udp %d, tcp %d, tls %d; %d extensions, %d registrations "
                  "restored; ready in %.2f s", bind, ports["udp"], ports["tcp"], ports["tls"],
                  len(self.cfg.extensions), restored, time.monotonic() - started)
-        _tune_gc()
+        gcpolicy.start()
         systemd.notify("READY=1\nSTATUS=serving")
         tasks = [loop.create_task(self._housekeeping(pbx, location, bus))]
         interval = systemd.watchdog_interval()
@@ -164,8 +153,10 @@ class Daemon:
     async def _housekeeping(self, pbx: Pbx, location: Location, bus: Bus) -> None:
         """Once a second: config edits, registration expiry and persistence."""
         loop = asyncio.get_running_loop()
+        collections = gcpolicy.FullCollections()
         while True:
             await asyncio.sleep(1.0)
+            collections.tick(pbx.endpoint.received)
             try:
                 new = self.store.poll()
             except ConfigError as e:

@@ -36,7 +36,7 @@ def _gc_report(path: str) -> None:
     import json
     import time
 
-    totals = {g: [0, 0.0] for g in range(3)}
+    totals = {g: [0, 0.0, 0.0] for g in range(3)}
     started: list[float] = [0.0]
     cpu0 = time.process_time()
 
@@ -45,15 +45,18 @@ def _gc_report(path: str) -> None:
             started[0] = time.perf_counter()
         else:
             t = totals[info["generation"]]
+            pause = time.perf_counter() - started[0]
             t[0] += 1
-            t[1] += time.perf_counter() - started[0]
+            t[1] += pause
+            t[2] = max(t[2], pause)
 
     def write() -> None:
         cpu = time.process_time() - cpu0
         report = {"cpu_s": round(cpu, 3), "tracked_objects": len(gc.get_objects()),
                   "generations": {str(g): {"collections": n, "seconds": round(s, 3),
+                                           "longest_s": round(m, 4),
                                            "share_of_cpu": round(s / cpu, 4) if cpu else None}
-                                  for g, (n, s) in totals.items()}}
+                                  for g, (n, s, m) in totals.items()}}
         with open(path, "w") as f:
             json.dump(report, f, indent=1)
 

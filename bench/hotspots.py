@@ -151,7 +151,8 @@ def main() -> int:
         server.stop()
         if gc_report.exists():
             r = json.loads(gc_report.read_text())
-            parts = ", ".join(f"gen{g} {v['collections']}x {v['seconds']:.2f} s"
+            parts = ", ".join(f"gen{g} {v['collections']}x {v['seconds']:.2f} s, longest "
+                              f"{v['longest_s'] * 1000:.0f} ms"
                               for g, v in r["generations"].items())
             share = sum(v["share_of_cpu"] or 0 for v in r["generations"].values())
             print(f"\ngarbage collector: {share:.1%} of the daemon's CPU ({parts}); "

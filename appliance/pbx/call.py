@@ -1079,6 +1079,7 @@ class Call:
         self.winner = None
         self.a_leg = self.b_leg = None
         self.pending_ack = {}
+        self.sent_acks = {}  # keyed by leg
 
 
 def _redirect_target(resp: Response) -> str | None:

@@ -65,6 +65,7 @@ class Endpoint:
         self.bind_host = "0.0.0.0"
         self._local_ip_cache: dict[str, str] = {}
         self.on_idle: Callable[[], None] | None = None
+        self.received = 0   # messages in (the daemon's idle detection)
 
     async def start(self, bind: str, udp_port: int, tcp_port: int, tls_port: int | None,
                     server_ssl: ssl.SSLContext | None) -> dict[str, int]:
@@ -139,6 +140,7 @@ class Endpoint:
 
     # -- receiving ----------------------------------------------------------------
     def _on_bytes(self, data: bytes, peer: Peer) -> None:
+        self.received += 1
         if self.trace:
             trace_log.info("<<< %s %s:%s\n%s", peer.transport, peer.host, peer.port,
                            data.decode("utf-8", "replace"))
