@@ -31,6 +31,7 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, owner: Transports) -> None:
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
+        self.peers: dict[tuple, Peer] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -39,7 +40,15 @@ class _Udp(asyncio.DatagramProtocol):
         if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
             # RFC 5626 §4.4.1 STUN keep-alives are not parsed; a CRLF ping gets nothing on UDP.
             return
-        self.owner.on_message(data, Peer("udp", addr[0], addr[1]))
+        # Phones send from the same address all day: reuse one Peer per address
+        # (immutable), bounded because addresses come from the network.
+        peers = self.peers
+        peer = peers.get(addr)
+        if peer is None:
+            if len(peers) >= 4096:
+                peers.clear()
+            peer = peers[addr] = Peer("udp", addr[0], addr[1])
+        self.owner.on_message(data, peer)
 
     def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.
         log.debug("udp error: %s", exc)
