@@ -615,8 +615,8 @@ def main() -> int:
     args = parser.parse_args()
     args.only = set(args.only.split(","))
 
-    from appliance.daemon import _tune_gc  # the daemon's GC settings: part of its media path
-    _tune_gc()
+    from appliance import gcpolicy  # the daemon's GC settings: part of its media path
+    gcpolicy.start()
     box_cpus = pin(1)
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
