@@ -34,6 +34,11 @@ def setup_logging(level: str, sip_trace: bool) -> None:
         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The format uses none of these: skip collecting them for every record (the logging
+    # HOWTO's "Optimization" section). A call logs three lines; finding the caller's
+    # frame was a third of their cost at 1,000 calls/s.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     trace = logging.getLogger("appliance.sip.trace")
     trace.setLevel(logging.INFO if sip_trace else logging.WARNING)
 
