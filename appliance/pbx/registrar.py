@@ -157,5 +157,5 @@ def authenticate(pbx: Pbx, txn: ServerTransaction, req: Request, header: str,
     name = "www-authenticate" if status == 401 else "proxy-authenticate"
     for value in digest.challenge_headers(now, stale=stale):
         resp.headers.add(name, value)
-    pbx.endpoint.respond(txn, resp)
+    pbx.endpoint.respond_stateless(txn, resp)  # §8.2.7: challenges leave no state
     return None

@@ -134,6 +134,10 @@ class Endpoint:
         self.layer.respond(txn, response, self.now)
         self.pump()
 
+    def respond_stateless(self, txn: ServerTransaction, response: Response) -> None:
+        self.layer.respond_stateless(txn, response)
+        self.pump()
+
     def send_stateless(self, msg: Request | Response, peer: Peer) -> None:
         self.layer.send_stateless(msg, peer)
         self.pump()

@@ -394,6 +394,20 @@ class TransactionLayer:
                     # REGISTERs and 200s in memory.
                     self.release(txn)
 
+    def respond_stateless(self, txn: ServerTransaction, response: Response) -> None:
+        """Send a final `response` as a stateless UAS (§8.2.7) and end `txn` at once:
+        no retransmission of the response, a retransmitted request is answered anew, an
+        ACK is ignored. RFC 3261 wants digest challenges answered this way, so that a
+        flood of unauthenticated requests leaves no transaction state behind."""
+        if response.status < 200:
+            raise ValueError("a stateless UAS sends no provisional responses")
+        if txn.state not in ("trying", "proceeding"):
+            return
+        self._send_response(txn, response)
+        self._terminate(txn)
+        txn.request = None  # type: ignore[assignment]
+        txn.last_response = None
+
     def release(self, txn: Txn) -> None:
         """The TU is done with `txn`: drop its `user_data` and, once the final response
         is out (or in), the parsed messages. What the layer still does until the

@@ -1191,3 +1191,25 @@ def test_release_keeps_what_the_layer_still_needs_and_nothing_more():
     assert t2543.request is old and t2543.last_response is busy
     assert h.receive(ack_for(old, busy)) == [] and t2543.state == "confirmed"
     h.finish()
+
+
+def test_stateless_challenge_leaves_no_transaction_behind():
+    """§8.2.7: a stateless UAS answers once, answers a retransmission anew and ignores
+    the ACK; nothing is kept, so a flood of unauthenticated requests costs no state."""
+    h = Harness()
+    r = invite()
+    txn = new_server_txn(h, r)
+    h.layer.respond_stateless(txn, resp(r, 407, to_tag="stateless"))
+    h.pump()
+    assert txn.state == "terminated" and len(h.layer) == 0 and h.layer.get_timer() is None
+    assert txn.request is None and txn.last_response is None
+    assert h.times("SIP/2.0 407") == [0.0]
+    h.at(1.0)
+    assert h.times("SIP/2.0 407") == [0.0]   # never retransmitted
+    ack = ack_for(r, resp(r, 407, to_tag="stateless"))
+    assert h.receive(ack) == [RequestReceived(None, ack, UDP)]   # no transaction takes it
+    again = h.receive(invite())               # a retransmitted INVITE is a new request
+    assert len(again) == 1 and isinstance(again[0], RequestReceived)
+    assert again[0].txn is not txn
+    with pytest.raises(ValueError):
+        h.layer.respond_stateless(again[0].txn, resp(r, 100))
