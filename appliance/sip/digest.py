@@ -517,9 +517,7 @@ class DigestServer:
                 return fail
         else:
             return fail
-        issued = self.nonce_time(creds.nonce)
-        if issued is None:
-            return fail
+        issued = self.nonce_time(creds.nonce)  # None: not ours (forged, or an older key)
 
         # Same hashing for unknown users and wrong passwords: neither timing nor verdict tells.
         password = password_lookup(creds.username)
@@ -542,6 +540,11 @@ class DigestServer:
         match = hmac.compare_digest(expected.encode(), creds.response.lower().encode())
         if not (match and known):
             return fail
+        if issued is None:
+            # RFC 2617 §3.2.1: an invalid nonce with a valid digest over it means the client
+            # knows the password: stale=TRUE lets it retry at once rather than prompt (e.g.
+            # with a nonce minted before the nonce key or format changed).
+            return Verdict.STALE
 
         age = now - issued
         if not 0.0 <= age <= self.nonce_ttl:

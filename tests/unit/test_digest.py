@@ -350,7 +350,8 @@ def test_expired_nonce_with_right_password_is_stale():
     assert server.verify(fresh, "REGISTER", lookup, T0 + 61) is Verdict.OK
 
 
-def test_forged_or_tampered_nonce_fails():
+def test_forged_or_tampered_nonce_is_stale_with_the_password_and_fails_without():
+    """RFC 2617 §3.2.1: stale=TRUE for an invalid nonce with a valid digest over it."""
     server = make_server()
     creds = login(server)
     raw = bytearray(base64.urlsafe_b64decode(creds.nonce))
@@ -362,13 +363,17 @@ def test_forged_or_tampered_nonce_fails():
         "dcd98b7102dd2f0e8b11d0f600bfb0c093",
         creds.nonce.replace(creds.nonce[5], "+" if creds.nonce[5] != "+" else "/"),
     ):
-        forged = answer_challenge(
-            Challenge(REALM, nonce, "SHA-256", ["auth"]), "REGISTER", f"sip:{REALM}", "alice",
-            "s3cret",
-        )  # fmt: skip
-        assert server.verify(forged, "REGISTER", lookup, T0) is Verdict.FAIL
-    # a different secret (another box, or restarted with a new key) does not accept it either
-    assert DigestServer(REALM).verify(creds, "REGISTER", lookup, T0) is Verdict.FAIL
+        for password, verdict in ((USERS["alice"], Verdict.STALE), ("guess", Verdict.FAIL)):
+            forged = answer_challenge(
+                Challenge(REALM, nonce, "SHA-256", ["auth"]), "REGISTER", f"sip:{REALM}",
+                "alice", password,
+            )  # fmt: skip
+            assert server.verify(forged, "REGISTER", lookup, T0) is verdict
+        unknown = answer_challenge(Challenge(REALM, nonce, "SHA-256", ["auth"]), "REGISTER",
+                                   f"sip:{REALM}", "mallory", "anything")
+        assert server.verify(unknown, "REGISTER", lookup, T0) is Verdict.FAIL
+    # a different secret (another box, or a new key): never OK, a fresh challenge (stale)
+    assert DigestServer(REALM).verify(creds, "REGISTER", lookup, T0) is Verdict.STALE
 
 
 def test_nonce_count_replay_protection():
