@@ -62,21 +62,11 @@ def test_registrations_survive_a_restart(daemon_factory) -> None:
         try:
             invite = phone.recv(10)
             assert invite is not None and invite.method == "INVITE"
-            busy = _reply(invite, 486, "Busy Here")
+            busy = rawsip.reply(invite, 486, "Busy Here")
             phone.send(busy)
             caller.wait(20).check()
         finally:
             caller.stop()
-
-
-def _reply(req: rawsip.SipMessage, status: int, reason: str) -> bytes:
-    lines = [f"SIP/2.0 {status} {reason}"]
-    for name in ("via", "from", "call-id", "cseq"):
-        for v in req.header_all(name):
-            lines.append(f"{name}: {v}")
-    lines.append(f"To: {req.header('to')};tag=phone")
-    lines.append("Content-Length: 0")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def _cli(daemon, *args: str) -> subprocess.CompletedProcess:
@@ -222,7 +212,7 @@ def test_tcp_call_reuses_the_registration_connection(daemon) -> None:
             invite = phone.recv(10)
             assert invite is not None and invite.method == "INVITE"
             assert invite.uri == "sip:101@127.0.0.1:9;transport=tcp"
-            phone.send(_reply(invite, 486, "Busy Here"))
+            phone.send(rawsip.reply(invite, 486, "Busy Here"))
             caller.wait(20).check()
         finally:
             caller.stop()

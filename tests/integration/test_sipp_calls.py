@@ -209,18 +209,6 @@ def test_late_offer_answer_in_the_ack_reaches_the_callee(daemon, sipp_background
     assert ack_in.header("content-type") == "application/sdp"
 
 
-def _answer(req: rawsip.SipMessage, status: int, reason: str, body: bytes = b"") -> bytes:
-    head = [f"SIP/2.0 {status} {reason}"]
-    head += [f"Via: {v}" for v in req.header_all("via")]
-    head += [f"From: {req.header('from')}", f"To: {req.header('to')};tag=phone101",
-             f"Call-ID: {req.call_id}", f"CSeq: {req.header('cseq')}",
-             "Contact: <sip:101@127.0.0.1>"]
-    if body:
-        head.append("Content-Type: application/sdp")
-    head.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
 def test_callee_2xx_retransmitted_after_hangup_is_acked_again(daemon, tmp_path) -> None:
     """§13.2.2.4: every 2xx retransmission gets an ACK. After the call has ended the box
     keeps only a stand-in on the callee's INVITE transaction (RFC 6026 Timer M); a 200
@@ -237,14 +225,15 @@ def test_callee_2xx_retransmitted_after_hangup_is_acked_again(daemon, tmp_path) 
         try:
             invite = phone.recv(10)
             assert invite is not None and invite.method == "INVITE"
-            phone.send(_answer(invite, 180, "Ringing"))
-            ok = _answer(invite, 200, "OK", sdp)
+            phone.send(rawsip.reply(invite, 180, "Ringing", to_tag="phone101"))
+            ok = rawsip.reply(invite, 200, "OK", to_tag="phone101", body=sdp,
+                              contact="<sip:101@127.0.0.1>")
             phone.send(ok)
             first = phone.recv(5)
             assert first is not None and first.method == "ACK", first
             bye = phone.recv(10)
             assert bye is not None and bye.method == "BYE", bye
-            phone.send(_answer(bye, 200, "OK"))
+            phone.send(rawsip.reply(bye, 200, "OK"))
             caller.wait(20).check()
             daemon.wait_log("ended: hangup")
             phone.send(ok)   # as if our ACK had been lost

@@ -149,6 +149,22 @@ def parse_message(data: bytes) -> SipMessage:
     return SipMessage(raw=data, start_line=start, headers=headers, body=body)
 
 
+def reply(req: SipMessage, status: int, reason: str, *, to_tag: str = "phone",
+          body: bytes = b"", contact: str | None = None) -> bytes:
+    """A phone's response to `req` (§8.2.6: Via, From, Call-ID, CSeq copied, To tagged)."""
+    lines = [f"SIP/2.0 {status} {reason}"]
+    for name in ("via", "from", "call-id", "cseq"):
+        for v in req.header_all(name):
+            lines.append(f"{name}: {v}")
+    lines.append(f"To: {req.header('to')};tag={to_tag}")
+    if contact is not None:
+        lines.append(f"Contact: {contact}")
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
 def _content_length(head: bytes) -> int:
     m = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)", head)
     return int(m.group(1)) if m else 0
