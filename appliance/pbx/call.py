@@ -1080,6 +1080,7 @@ class Call:
         self.a_leg = self.b_leg = None
         self.pending_ack = {}
         self.sent_acks = {}  # keyed by leg
+        self.bridge = None   # closed in _end; it calls back into the call (DTMF)
 
 
 def _redirect_target(resp: Response) -> str | None:
