@@ -1057,10 +1057,9 @@ class Call:
         lingering = False
         for fork in self.forks:
             txn = fork.txn
-            if txn is None or txn.state == "terminated" or txn.user_data is not fork:
-                lingering = lingering or (txn is not None and txn.state != "terminated")
+            if txn is None or txn.state == "terminated":
                 continue
-            if fork is self.winner and self.b_leg is not None:
+            if fork is self.winner and self.b_leg is not None and txn.user_data is fork:
                 ack = self.sent_acks.get((self.b_leg, fork.request.cseq[0]))
                 layer.release(txn)
                 txn.user_data = _AckAgain(self.pbx.endpoint, ack, self.b_leg.peer)

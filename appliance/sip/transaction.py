@@ -405,8 +405,7 @@ class TransactionLayer:
             return
         self._send_response(txn, response)
         self._terminate(txn)
-        txn.request = None  # type: ignore[assignment]
-        txn.last_response = None
+        self.release(txn)
 
     def release(self, txn: Txn) -> None:
         """The TU is done with `txn`: drop its `user_data` and, once the final response
