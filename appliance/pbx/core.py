@@ -6,7 +6,7 @@ import copy
 import ipaddress
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..bus import Bus
 from ..sip.dialog import new_tag
@@ -33,9 +33,20 @@ from .registrar import Registrar
 
 if TYPE_CHECKING:
     from ..store.config import Config
-    from .call import Call, Leg
+    from .call import Call
 
 log = logging.getLogger("appliance.pbx")
+
+class DialogUser(Protocol):
+    """Whatever owns a dialog we hold (a call's leg, an early dialog, a room participant):
+    the in-dialog requests, ACKs and stray 2xx retransmissions of that dialog go to it."""
+
+    def on_request(self, txn: ServerTransaction, req: Request) -> None: ...
+
+    def on_ack(self, req: Request) -> None: ...
+
+    def on_response(self, txn: ClientTransaction | None, resp: Response) -> None: ...
+
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, MESSAGE, NOTIFY"
 SUPPORTED = "path"
@@ -46,18 +57,18 @@ class PendingBye:
     """user_data of a BYE we sent: the PBX counts these so that shutdown can wait for
     the answers (calls and conference rooms alike)."""
 
-    __slots__ = ("pbx",)
+    __slots__ = ("pending",)
 
-    def __init__(self, pbx: Pbx) -> None:
-        self.pbx = pbx
-        pbx.pending_byes.add(self)
+    def __init__(self, pending: set[PendingBye]) -> None:
+        self.pending = pending  # the PBX's `pending_byes`
+        pending.add(self)
 
     def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
         if resp.status >= 200:
-            self.pbx.pending_byes.discard(self)
+            self.pending.discard(self)
 
     def on_failure(self, txn: ClientTransaction, status: int) -> None:
-        self.pbx.pending_byes.discard(self)
+        self.pending.discard(self)
 
 
 class Pbx:
@@ -81,11 +92,11 @@ class Pbx:
         self.registrar = Registrar(self)
         self.calls: set[Call] = set()
         # (Call-ID, our tag) → the call leg that dialog belongs to
-        self.dialogs: dict[tuple[str, str], Leg] = {}
+        self.dialogs: dict[tuple[str, str], DialogUser] = {}
         self._stateless_tag = new_tag()
         self.user_agent = config.sip.user_agent
         self.allow = ALLOW
-        self.pending_byes: set[Any] = set()
+        self.pending_byes: set[PendingBye] = set()
 
     def outstanding_byes(self) -> bool:
         return bool(self.pending_byes)

@@ -527,7 +527,7 @@ class DigestServer:
                 creds.algorithm,
                 creds.username,
                 self.realm,
-                password if known else self._dummy_password,
+                password if password is not None else self._dummy_password,
                 method,
                 creds.uri,
                 creds.nonce,

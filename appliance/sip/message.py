@@ -623,7 +623,8 @@ class Message:
         head = self.start_line() + "\r\n" + "\r\n".join(self._head_lines()) + "\r\n\r\n"
         return head.encode("utf-8", "surrogateescape") + self.body
 
-    __bytes__ = to_bytes
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
 
     def __str__(self) -> str:
         return self.to_bytes().decode("utf-8", "replace")
@@ -717,8 +718,8 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
         if line[0] in " \t":
             if not items:
                 raise ParseError("Continuation line without a header")
-            key, value = items[-1]
-            items[-1] = (key, (value + " " + line.strip()).strip())  # §7.3.1 folding
+            last, value = items[-1]
+            items[-1] = (last, (value + " " + line.strip()).strip())  # §7.3.1 folding
             index = None  # holds the unfolded value: rebuilt on first lookup
             continue
         colon = line.find(":")
@@ -861,11 +862,11 @@ def make_response(request: Request, status: int, reason: str | None = None,
         if k == "via":
             h._items.append((k, v))
     for name in ("from", "to", "call-id", "cseq"):
-        v = src.get(name)
-        if v is not None:
-            if name == "to" and to_tag and ";tag=" not in v.replace(" ", "").lower():
-                v = f"{v};tag={to_tag}"
-            h._items.append((name, v))
+        value = src.get(name)
+        if value is not None:
+            if name == "to" and to_tag and ";tag=" not in value.replace(" ", "").lower():
+                value = f"{value};tag={to_tag}"
+            h._items.append((name, value))
     if status == 100:
         ts = src.get("timestamp")  # §8.2.6.1
         if ts is not None:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from itertools import count
+from typing import Any
 
 from .message import Headers, ParseError, Request, Response, make_response
 
@@ -99,7 +100,7 @@ class ClientTransaction:
         self.method = method
         self.is_invite = method == "INVITE"
         self.state = "calling" if self.is_invite else "trying"
-        self.user_data: object = None
+        self.user_data: Any = None
         self._key = key
         self._pkey = (peer.transport, peer.host, peer.port)
         self._gen = 0
@@ -140,7 +141,7 @@ class ServerTransaction:
         self.state = "proceeding" if self.is_invite else "trying"
         self.cancels: ServerTransaction | None = None
         self.last_response: Response | None = None
-        self.user_data: object = None
+        self.user_data: Any = None
         self._key = key
         self._index = index               # the dict `_key` lives in
         self._pkey = (peer.transport, peer.host, peer.port)
@@ -205,7 +206,13 @@ class AckTimeout:
 Event = RequestReceived | ResponseReceived | TransactionTimeout | TransportError | AckTimeout
 
 Txn = ClientTransaction | ServerTransaction
-_Handler = Callable[["TransactionLayer", Txn, float], None]
+# Each timer handler takes the transaction kind it is armed for.
+_Handler = Callable[["TransactionLayer", Any, float], None]
+
+
+# What a transaction holds instead of its request once released (`release`); `request`
+# stays typed Request, which the compiled layer (tools/build_native.py) enforces.
+RELEASED = Request("RELEASED", "sip:released.invalid")
 
 
 # -- the layer ----------------------------------------------------------------------
@@ -421,7 +428,7 @@ class TransactionLayer:
             if txn.is_invite and txn._index is not self._servers:
                 return
             txn.last_response = None
-        txn.request = None  # type: ignore[assignment]
+        txn.request = RELEASED
 
     def send_stateless(self, msg: Request | Response, peer: Peer) -> None:
         """Queue a message outside any transaction (ACK for 2xx, stray replies)."""
@@ -750,7 +757,9 @@ def _timer_f(layer: TransactionLayer, txn: ClientTransaction, now: float) -> Non
 
 def _resend_capped(layer: TransactionLayer, txn: Txn, now: float, handler: _Handler) -> None:
     """Send the kept bytes again and re-arm `handler` after MIN(2*interval, T2)."""
-    layer._out.append((txn.peer, txn._data))
+    data = txn._data
+    if data is not None:
+        layer._out.append((txn.peer, data))
     txn._interval = min(2 * txn._interval, layer._t2)
     layer._schedule(now + txn._interval, txn, handler)
 

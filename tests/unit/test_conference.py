@@ -25,6 +25,7 @@ from appliance.pbx.conference import (
     mix_rate,
 )
 from appliance.sip.message import Request, make_response, parse_message
+from appliance.sip.transaction import Peer
 from appliance.store.config import Config, Room
 
 # -- PinEntry ---------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ class FakePbx:
 OFFER = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
          "m=audio 42000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
          "a=fmtp:101 0-15\r\na=sendrecv\r\n")
-PEER = SimpleNamespace(transport="udp", host="127.0.0.1", port=5099)
+PEER = Peer("udp", "127.0.0.1", 5099)
 
 
 def request(method: str, cseq: int, to_tag: str | None = None, body: str = "",
@@ -330,7 +331,7 @@ def test_room_call_reinvite_hold_unknown_info_and_shutdown_bye() -> None:
         assert bye.method == "BYE" and bye.uri == "sip:100@127.0.0.1:5099"
         assert len(pbx.pending_byes) == 1
         (pending,) = pbx.pending_byes
-        pending.on_response(None, SimpleNamespace(status=200))
+        pending.on_response(None, make_response(bye, 200))
         assert not pbx.pending_byes
         assert call.state == "ended" and call.reason == "shutdown"
         rooms.stop()
