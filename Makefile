@@ -12,14 +12,14 @@ PROMPTS_DIR := appliance/media/voice
 DEB_BENCH_PKGS := sip-tester kamailio
 BENCH_ARGS ?=
 
-.PHONY: run test bench venv deb-test deb-bench prompts lint clean
+.PHONY: run test bench venv deb-test deb-bench prompts native lint clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v python3 >/dev/null || (apt-get update && apt-get install -y python3)
 	@python3 -c 'import venv, ensurepip' 2>/dev/null || (apt-get update && apt-get install -y python3-venv)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,fast]'
+	$(PY) -m pip install -q -e '.[test,fast,build]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -41,11 +41,22 @@ $(PROMPTS_DIR)/.made: appliance/media/prompts.py | $(VENV)/.installed
 
 prompts: $(PROMPTS_DIR)/.made
 
-run: venv prompts
+# The message path compiled by mypyc from the same sources (tools/build_native.py);
+# remade when any of them changes. appliance/__init__.py runs the sources instead when
+# the compiled modules are stale, so a forgotten rebuild is slow, never wrong.
+NATIVE_SRCS := $(wildcard appliance/sip/*.py appliance/pbx/*.py) tools/build_native.py
+appliance/_native.txt: $(NATIVE_SRCS) | $(VENV)/.installed
+	@command -v gcc >/dev/null && $(PY) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc libc6-dev python3-dev)
+	$(PY) tools/build_native.py
+
+native: appliance/_native.txt
+
+run: venv prompts native
 	$(VENV)/bin/appliance run --data $(DATA)
 
-test: venv deb-test prompts
-	$(VENV)/bin/ruff check appliance tests bench
+test: venv deb-test prompts native
+	$(VENV)/bin/ruff check appliance tests bench tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # Benchmarks against Kamailio on this machine (not part of `make test`): docs/performance.md
@@ -57,12 +68,13 @@ deb-bench:
 	  systemctl disable --now kamailio >/dev/null 2>&1 || true; \
 	fi
 
-bench: venv deb-bench
+bench: venv deb-bench native
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/media.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
 
 lint: venv
-	$(VENV)/bin/ruff check appliance tests bench
+	$(VENV)/bin/ruff check appliance tests bench tools
 
 clean:
+	-$(PY) tools/build_native.py --clean
 	rm -rf $(VENV) build *.egg-info

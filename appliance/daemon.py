@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import gcpolicy, systemd
+from . import NATIVE, gcpolicy, systemd
 from .bus import Bus, ExtensionUnregistered
 from .pbx.core import Pbx
 from .pbx.location import Location
@@ -124,8 +124,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         log.info("listening on %s: udp %d, tcp %d, tls %d; %d extensions, %d registrations "
-                 "restored; ready in %.2f s", bind, ports["udp"], ports["tcp"], ports["tls"],
-                 len(self.cfg.extensions), restored, time.monotonic() - started)
+                 "restored; ready in %.2f s (message path: %s)", bind, ports["udp"],
+                 ports["tcp"], ports["tls"], len(self.cfg.extensions), restored,
+                 time.monotonic() - started, NATIVE)
         gcpolicy.start()
         systemd.notify("READY=1\nSTATUS=serving")
         tasks = [loop.create_task(self._housekeeping(pbx, location, bus))]

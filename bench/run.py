@@ -1048,7 +1048,15 @@ def host_info() -> dict[str, Any]:
         "appliance_version": appliance_version,
         "appliance_commit": git_head(),
         "appliance_tree_sha256": tree_fingerprint(),
+        "appliance_message_path": message_path(),
     }
+
+
+def message_path() -> str:
+    """"compiled" when the daemon runs the mypyc-compiled modules (`make native`)."""
+    out = subprocess.run([sys.executable, "-c", "import appliance; print(appliance.NATIVE)"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() or f"unknown ({out.stderr.strip()[-200:]})"
 
 
 def tree_fingerprint() -> str:
