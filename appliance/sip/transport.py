@@ -114,6 +114,7 @@ class Transports:
         self.tls_client_context = tls_client_context
         self.local: dict[str, tuple[str, int]] = {}  # transport → (bind host, port)
         self.on_unframeable: Callable[[bytes, Peer, ParseError], None] | None = None
+        self._udp_out: list[tuple[asyncio.DatagramTransport, bytes, tuple[str, int]]] = []
 
     # -- listeners ----------------------------------------------------------
     async def listen_udp(self, host: str, port: int) -> int:
@@ -151,7 +152,13 @@ class Transports:
             if proto is None or proto.transport is None:
                 self.on_error(peer)
                 return
-            proto.transport.sendto(data, (peer.host, peer.port))
+            # Sent at the end of this turn of the loop, with the rest of the batch: a burst
+            # of datagrams wakes each receiver once instead of once per datagram (on
+            # loopback a third of the CPU per registration was sendmsg waking SIPp).
+            out = self._udp_out
+            if not out:
+                self.loop.call_soon(self.flush_udp)
+            out.append((proto.transport, data, (peer.host, peer.port)))
             return
         conn = self._conns.get(peer.conn) if peer.conn is not None else None
         if conn is None:
@@ -165,6 +172,18 @@ class Transports:
             return
         self._pending[key] = [data]
         self.loop.create_task(self._connect(peer))
+
+    def flush_udp(self) -> None:
+        """Send the datagrams queued by `send` during this turn of the loop, in order."""
+        out = self._udp_out
+        self._udp_out = []
+        for transport, data, addr in out:
+            if transport.is_closing():
+                continue
+            try:
+                transport.sendto(data, addr)
+            except OSError as e:
+                log.info("send to %s:%s failed: %s", addr[0], addr[1], e)
 
     async def _connect(self, peer: Peer) -> None:
         key = (peer.transport, peer.host, peer.port)
@@ -205,6 +224,7 @@ class Transports:
                 conn.transport.close()
 
     async def close(self) -> None:
+        self.flush_udp()
         for server in self._servers:
             server.close()
         for conn in list(self._conns.values()):
