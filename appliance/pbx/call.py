@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ..bus import CallAnswered, CallEnded, CallRinging, DtmfReceived
 from ..media.sdp import is_sdp
@@ -44,17 +44,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.call")
 
-MAX_FORWARDS = 5  # forwarding hops one call may take before 482 Loop Detected
+MAX_FORWARDS: Final = 5  # forwarding hops one call may take before 482 Loop Detected
 
 # Headers carried across the B2BUA with a relayed request or response body.
-_BODY_HEADERS = ("content-type", "content-disposition", "content-encoding", "content-language")
-_RELAY_HEADERS = ("event", "info-package", "subscription-state", "reason")
+_BODY_HEADERS: Final = ("content-type", "content-disposition", "content-encoding", "content-language")
+_RELAY_HEADERS: Final = ("event", "info-package", "subscription-state", "reason")
 
-_END_REASON = {486: "busy", 600: "busy", 408: "no-answer", 480: "unavailable", 487: "cancelled",
+_END_REASON: Final = {486: "busy", 600: "busy", 408: "no-answer", 480: "unavailable", 487: "cancelled",
                603: "declined", 404: "not-found", 482: "loop"}
 
 # RFC 5806 diversion reasons → RFC 4458 / RFC 7044 History-Info cause codes.
-_CAUSE = {"unconditional": 302, "user-busy": 486, "no-answer": 408, "unavailable": 503,
+_CAUSE: Final = {"unconditional": 302, "user-busy": 486, "no-answer": 408, "unavailable": 503,
           "deflection": 480}
 
 

@@ -6,7 +6,7 @@ import copy
 import ipaddress
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..bus import Bus
 from ..sip.dialog import new_tag
@@ -48,9 +48,9 @@ class DialogUser(Protocol):
     def on_response(self, txn: ClientTransaction | None, resp: Response) -> None: ...
 
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, MESSAGE, NOTIFY"
-SUPPORTED = "path"
-ACCEPT = "application/sdp"
+ALLOW: Final = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, MESSAGE, NOTIFY"
+SUPPORTED: Final = "path"
+ACCEPT: Final = "application/sdp"
 
 
 class PendingBye:

@@ -14,13 +14,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from ..sip.transaction import Peer
 from ..store.atomic import atomic_write
 
 log = logging.getLogger("appliance.location")
 
-REFRESH_SAVE_DELAY = 30.0  # seconds a refresh may wait before registrations.json is rewritten
+REFRESH_SAVE_DELAY: Final = 30.0  # seconds a refresh may wait before registrations.json is rewritten
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ import secrets
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "Challenge",
@@ -48,13 +48,13 @@ class DigestError(ValueError):
 _HashFn = Callable[[bytes], Any]
 
 # canonical name -> (hash constructor, is "-sess" variant)
-_ALGORITHMS: dict[str, tuple[_HashFn, bool]] = {
+_ALGORITHMS: Final[dict[str, tuple[_HashFn, bool]]] = {
     "MD5": (hashlib.md5, False),
     "MD5-sess": (hashlib.md5, True),
     "SHA-256": (hashlib.sha256, False),
     "SHA-256-sess": (hashlib.sha256, True),
 }
-_CANONICAL = {name.upper(): name for name in _ALGORITHMS}
+_CANONICAL: Final = {name.upper(): name for name in _ALGORITHMS}
 
 
 def normalize_algorithm(value: str) -> str:
@@ -128,25 +128,25 @@ def compute_response(
 
 # --- header grammar (RFC 3261 §25.1, RFC 2617 §3.2) --------------------------------------------
 
-_WS = r"[ \t\r\n]*+"  # LWS incl. line folding; possessive quantifiers never backtrack
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
-_SCHEME_RE = re.compile(rf"{_WS}({_TOKEN})(?:[ \t\r\n]++|\Z)")
+_WS: Final = r"[ \t\r\n]*+"  # LWS incl. line folding; possessive quantifiers never backtrack
+_TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
+_SCHEME_RE: Final = re.compile(rf"{_WS}({_TOKEN})(?:[ \t\r\n]++|\Z)")
 # auth-param = token LWS "=" LWS ( token / quoted-string ), then "," or end. Unquoted values are
 # read leniently (any visible char but DQUOTE, comma, backslash) for sloppy user agents.
-_PARAM_RE = re.compile(
+_PARAM_RE: Final = re.compile(
     rf"{_WS}({_TOKEN}){_WS}={_WS}"
     r'(?:"((?:[^"\\]++|\\[\s\S])*+)"|([^\x00-\x20",\\\x7f]++))'
     rf"{_WS}(?:,[ \t\r\n,]*+|\Z)"
 )
-_QUOTED_PAIR_RE = re.compile(r"\\([\s\S])")
-_TOKEN_RE = re.compile(_TOKEN)
-_NC_RE = re.compile(r"[0-9a-fA-F]{8}")  # nc-value = 8LHEX (RFC 2617 §3.2.2)
+_QUOTED_PAIR_RE: Final = re.compile(r"\\([\s\S])")
+_TOKEN_RE: Final = re.compile(_TOKEN)
+_NC_RE: Final = re.compile(r"[0-9a-fA-F]{8}")  # nc-value = 8LHEX (RFC 2617 §3.2.2)
 
 
 # What phones send: `Digest name="value", name=token, ...` with single spaces, no escapes.
-_FAST_ITEM = r'[A-Za-z0-9_\-]+=(?:"[^"\\\x00-\x1f\x7f]*"|[^\x00-\x20",\\\x7f]+)'
-_FAST_RE = re.compile(rf"Digest {_FAST_ITEM}(?:, ?{_FAST_ITEM})*")
-_FAST_ITEM_RE = re.compile(r'([A-Za-z0-9_\-]+)=(?:"([^"]*)"|([^,]+))')
+_FAST_ITEM: Final = r'[A-Za-z0-9_\-]+=(?:"[^"\\\x00-\x1f\x7f]*"|[^\x00-\x20",\\\x7f]+)'
+_FAST_RE: Final = re.compile(rf"Digest {_FAST_ITEM}(?:, ?{_FAST_ITEM})*")
+_FAST_ITEM_RE: Final = re.compile(r'([A-Za-z0-9_\-]+)=(?:"([^"]*)"|([^,]+))')
 
 
 def _parse_params(value: str) -> dict[str, str]:
@@ -202,7 +202,7 @@ def _token_or_quote(value: str) -> str:
 
 
 # params that RFC 2617 / RFC 7616 write as bare tokens; everything else is a quoted-string
-_BARE = frozenset({"algorithm", "stale", "nc", "charset", "userhash"})
+_BARE: Final = frozenset({"algorithm", "stale", "nc", "charset", "userhash"})
 
 
 def _extras(parts: list[str], params: dict[str, str], known: frozenset[str]) -> str:
@@ -212,8 +212,8 @@ def _extras(parts: list[str], params: dict[str, str], known: frozenset[str]) -> 
     return ", ".join(parts)
 
 
-_CHALLENGE_KNOWN = frozenset({"realm", "nonce", "algorithm", "qop", "opaque", "stale"})
-_CREDENTIALS_KNOWN = frozenset(
+_CHALLENGE_KNOWN: Final = frozenset({"realm", "nonce", "algorithm", "qop", "opaque", "stale"})
+_CREDENTIALS_KNOWN: Final = frozenset(
     {"username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "opaque", "qop", "nc"}
 )
 
@@ -393,12 +393,12 @@ class Verdict(enum.Enum):
     FAIL = "fail"
 
 
-_TS = struct.Struct(">d")
-_SALT_LEN = 6
-_SALT_MASK = (1 << 8 * _SALT_LEN) - 1
-_MAC_LEN = 16
-_NONCE_RAW_LEN = _TS.size + _SALT_LEN + _MAC_LEN  # 30 bytes -> 40 base64 chars, no padding
-_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{40}")  # canonical form only: one string per nonce
+_TS: Final = struct.Struct(">d")
+_SALT_LEN: Final = 6
+_SALT_MASK: Final = (1 << 8 * _SALT_LEN) - 1
+_MAC_LEN: Final = 16
+_NONCE_RAW_LEN: Final = _TS.size + _SALT_LEN + _MAC_LEN  # 30 bytes -> 40 base64 chars, no padding
+_NONCE_RE: Final = re.compile(r"[A-Za-z0-9_-]{40}")  # canonical form only: one string per nonce
 
 
 class DigestServer:

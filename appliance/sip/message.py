@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Final
 
 from .uri import URI, SipURI, URIError, parse_uri
 
@@ -23,10 +24,10 @@ __all__ = [
     "SUPPORTED_EXTENSIONS", "REASONS", "make_response", "unsupported_options",
 ]
 
-SIP_VERSION = "SIP/2.0"
-MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: CSeq number < 2**31
-MAX_MESSAGE = 65535   # the largest UDP datagram; stream messages are held to the same
-SUPPORTED_EXTENSIONS = frozenset({"100rel", "timer", "replaces", "outbound", "path", "gruu"})
+SIP_VERSION: Final = "SIP/2.0"
+MAX_CSEQ: Final = 2**31 - 1  # RFC 3261 §8.1.1.5: CSeq number < 2**31
+MAX_MESSAGE: Final = 65535   # the largest UDP datagram; stream messages are held to the same
+SUPPORTED_EXTENSIONS: Final = frozenset({"100rel", "timer", "replaces", "outbound", "path", "gruu"})
 
 
 class ParseError(ValueError):
@@ -39,7 +40,7 @@ class ParseError(ValueError):
 
 
 # RFC 3261 §7.3.3 compact forms, plus RFC 3265/3515/4028/3841 ones.
-COMPACT = {
+COMPACT: Final = {
     "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
     "c": "content-type", "f": "from", "s": "subject", "k": "supported", "t": "to",
     "v": "via", "o": "event", "r": "refer-to", "b": "referred-by", "u": "allow-events",
@@ -47,7 +48,7 @@ COMPACT = {
     "d": "request-disposition", "y": "identity", "n": "identity-info",
 }
 
-_SPECIAL_CASE = {
+_SPECIAL_CASE: Final = {
     "call-id": "Call-ID", "cseq": "CSeq", "www-authenticate": "WWW-Authenticate",
     "rack": "RAck", "rseq": "RSeq", "mime-version": "MIME-Version",
     "sip-etag": "SIP-ETag", "sip-if-match": "SIP-If-Match",
@@ -56,7 +57,7 @@ _SPECIAL_CASE = {
 
 # Headers whose value is a comma-separated list (RFC 3261 §7.3.1). Others such as
 # Authorization, Date or Call-ID contain commas that are not separators.
-LIST_HEADERS = frozenset({
+LIST_HEADERS: Final = frozenset({
     "via", "contact", "route", "record-route", "allow", "supported", "require",
     "proxy-require", "unsupported", "accept", "accept-encoding", "accept-language",
     "allow-events", "content-encoding", "content-language", "in-reply-to", "path",
@@ -66,12 +67,12 @@ LIST_HEADERS = frozenset({
 })
 
 # Headers that may appear at most once (RFC 3261 §20, table 2).
-SINGLE_HEADERS = frozenset({
+SINGLE_HEADERS: Final = frozenset({
     "call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type",
     "expires", "min-expires", "rseq", "rack",
 })
 
-REASONS = {
+REASONS: Final = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
     183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
     301: "Moved Permanently", 302: "Moved Temporarily", 380: "Alternative Service",
@@ -91,7 +92,7 @@ REASONS = {
 }
 
 # §25.1 token; a single character class, so matching is linear (no backtracking).
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 
 
 def _is_token(text: str) -> bool:
@@ -102,11 +103,11 @@ def _is_token(text: str) -> bool:
 # (single character classes, no nested quantifiers) recognises a value whose parse is
 # unambiguous; anything else (quotes, spaces, IPv6, escapes) goes through the general
 # parser below, which gives the same result for what the fast path accepts.
-_T = r"A-Za-z0-9\-.!%*_+`'~"
-_PARAMS = rf"(?:;[{_T}]+(?:=[{_T}]+)?)*"
-_PARAM_RE = re.compile(rf";([{_T}]+)(?:=([{_T}]+))?")
-_FAST_VIA_RE = re.compile(rf"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9\-.]+)(?::([0-9]{{1,5}}))?({_PARAMS})")
-_FAST_NAME_ADDR_RE = re.compile(rf'(?:"([^"\\\x00-\x1f]*)" ?)?<([^<>"\x00-\x20]+)>({_PARAMS})')
+_T: Final = r"A-Za-z0-9\-.!%*_+`'~"
+_PARAMS: Final = rf"(?:;[{_T}]+(?:=[{_T}]+)?)*"
+_PARAM_RE: Final = re.compile(rf";([{_T}]+)(?:=([{_T}]+))?")
+_FAST_VIA_RE: Final = re.compile(rf"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9\-.]+)(?::([0-9]{{1,5}}))?({_PARAMS})")
+_FAST_NAME_ADDR_RE: Final = re.compile(rf'(?:"([^"\\\x00-\x1f]*)" ?)?<([^<>"\x00-\x20]+)>({_PARAMS})')
 
 
 def _fast_params(text: str) -> dict[str, str | None]:
@@ -114,7 +115,7 @@ def _fast_params(text: str) -> dict[str, str | None]:
     return {name.lower(): value or None for name, value in _PARAM_RE.findall(text)}
 
 
-_CANONICAL: dict[str, str] = dict(_SPECIAL_CASE)
+_CANONICAL: Final[dict[str, str]] = dict(_SPECIAL_CASE)
 
 
 def canonical_name(name: str) -> str:
@@ -128,7 +129,7 @@ def canonical_name(name: str) -> str:
 
 
 # raw header name as written → lowercase full name; bounded, names come from the network
-_KEYS: dict[str, str] = {}
+_KEYS: Final[dict[str, str]] = {}
 
 
 def _key(name: str) -> str:
@@ -883,7 +884,7 @@ def unsupported_options(req: Request) -> list[str]:
 
 # -- stream framing (§18.3) -----------------------------------------------------
 
-KEEPALIVE = b"\r\n\r\n"
+KEEPALIVE: Final = b"\r\n\r\n"
 
 
 class StreamFramer:

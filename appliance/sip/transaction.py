@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from itertools import count
-from typing import Any
+from typing import Any, Final
 
 from .message import Headers, ParseError, Request, Response, make_response
 
@@ -43,11 +43,11 @@ __all__ = [
     "AckTimeout", "Event", "make_cancel", "new_branch", "MAGIC_COOKIE",
 ]
 
-MAGIC_COOKIE = "z9hG4bK"    # §8.1.1.7: branch values of RFC 3261 implementations
-TRYING_DELAY = 0.2          # §17.2.1: send 100 Trying if the TU has not answered by then
-TIMER_D_UNRELIABLE = 32.0   # §17.1.1.2: Timer D > 32 s on unreliable transports
+MAGIC_COOKIE: Final = "z9hG4bK"    # §8.1.1.7: branch values of RFC 3261 implementations
+TRYING_DELAY: Final = 0.2          # §17.2.1: send 100 Trying if the TU has not answered by then
+TIMER_D_UNRELIABLE: Final = 32.0   # §17.1.1.2: Timer D > 32 s on unreliable transports
 
-_RELIABLE = frozenset({"tcp", "tls", "sctp", "ws", "wss"})
+_RELIABLE: Final = frozenset({"tcp", "tls", "sctp", "ws", "wss"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +212,7 @@ _Handler = Callable[["TransactionLayer", Any, float], None]
 
 # What a transaction holds instead of its request once released (`release`); `request`
 # stays typed Request, which the compiled layer (tools/build_native.py) enforces.
-RELEASED = Request("RELEASED", "sip:released.invalid")
+RELEASED: Final = Request("RELEASED", "sip:released.invalid")
 
 
 # -- the layer ----------------------------------------------------------------------

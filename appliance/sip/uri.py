@@ -7,6 +7,7 @@ parsed on the hot path of every request.
 from __future__ import annotations
 
 import re
+from typing import Final
 from urllib.parse import unquote
 
 __all__ = ["URIError", "SipURI", "TelURI", "AbsoluteURI", "URI", "parse_uri", "unescape"]
@@ -16,9 +17,9 @@ class URIError(ValueError):
     """A URI that does not follow the grammar of RFC 3261 §25.1 or RFC 3966."""
 
 
-_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
-_BAD_URI_RE = re.compile(r"[ \t\r\n<>\"]")
-_HOST_RE = re.compile(r"[A-Za-z0-9\-.]+")
+_SCHEME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+_BAD_URI_RE: Final = re.compile(r"[ \t\r\n<>\"]")
+_HOST_RE: Final = re.compile(r"[A-Za-z0-9\-.]+")
 
 
 def unescape(text: str) -> str:
@@ -225,10 +226,10 @@ def _parse_host_port(text: str) -> tuple[str, int | None]:
 
 # The common `sip:user@host:port;params` in one linear regular expression; anything
 # else (passwords, escapes in odd places, IPv6, headers, empty values) takes the scan.
-_FAST_SIP_RE = re.compile(
+_FAST_SIP_RE: Final = re.compile(
     r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,%]+)@)?([A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?"
     r"((?:;[^;?=@\x00-\x20<>\"]+(?:=[^;?=@\x00-\x20<>\"]+)?)*)")
-_FAST_PARAM_RE = re.compile(r";([^;=]+)(?:=([^;]+))?")
+_FAST_PARAM_RE: Final = re.compile(r";([^;=]+)(?:=([^;]+))?")
 
 
 def parse_uri(text: str) -> URI:
@@ -280,7 +281,7 @@ def _parse_sip(scheme: str, rest: str) -> SipURI:
     return SipURI(host, user, port, scheme, password, params, headers if q else None)
 
 
-_TEL_CHARS = frozenset("0123456789-.()*#abcdefABCDEF+")
+_TEL_CHARS: Final = frozenset("0123456789-.()*#abcdefABCDEF+")
 
 
 def _parse_tel(rest: str) -> TelURI:
