@@ -22,16 +22,18 @@ from .sip.transaction import Timers
 from .store.atomic import atomic_write
 from .store.certs import ensure_certificate
 from .store.config import Config, ConfigError, ConfigStore
+from .workers import WorkerPool
 
 log = logging.getLogger("appliance")
 
 SHUTDOWN_GRACE = 3.0  # seconds to wait for BYE answers on SIGTERM
 
 
-def setup_logging(level: str, sip_trace: bool) -> None:
+def setup_logging(level: str, sip_trace: bool, prefix: str = "") -> None:
+    """`prefix`: what marks a registrar worker's lines ("worker 1 ")."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)-5s {prefix}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     # The format uses none of these: skip collecting them for every record (the logging
@@ -50,7 +52,7 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-def _nonce_secret(data: Path) -> bytes:
+def nonce_secret(data: Path) -> bytes:
     """The digest nonce key persists so that nonces stay valid across a restart."""
     path = data / "nonce.key"
     try:
@@ -94,6 +96,7 @@ class Daemon:
         self.cfg = cfg
         self.data = Path(args.data)
         self.stop = asyncio.Event()
+        self.workers: WorkerPool | None = None  # registrar workers (sip.workers)
 
     def _listen_spec(self) -> tuple[str, int, int, int]:
         a, s = self.args, self.cfg.sip
@@ -111,16 +114,22 @@ class Daemon:
         endpoint = Endpoint(timers, trace=bool(getattr(self.args, "sip_trace", False)))
         bind, udp, tcp, tls = self._listen_spec()
         cert, key = await loop.run_in_executor(None, ensure_certificate, self.data)
-        ports = await endpoint.start(bind, udp, tcp, tls, server_ssl_context(cert, key))
+        n_workers = s.workers
+        ports = await endpoint.start(bind, udp, tcp, tls, server_ssl_context(cert, key),
+                                     udp_group=1 + n_workers if n_workers else 0)
         bus = Bus()
         location = Location(self.data / "registrations.json")
         restored = location.load(time.time())
-        pbx = Pbx(endpoint, self.cfg, location, bus, _nonce_secret(self.data), self.store)
+        pbx = Pbx(endpoint, self.cfg, location, bus, nonce_secret(self.data), self.store)
         endpoint.tu = pbx
         self.pbx = pbx
         if self.cfg.rooms:
             _ = pbx.conferences  # rooms configured: load media and the prompts now
         pbx.start_lines()
+        if n_workers:
+            self.workers = WorkerPool(n_workers, self._worker_argv(bind, ports["udp"]),
+                                      location, bus, endpoint.transports.on_message)
+            await self.workers.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         log.info("listening on %s: udp %d, tcp %d, tls %d; %d extensions, %d registrations "
@@ -147,9 +156,19 @@ class Daemon:
         pbx.close_media()
         for t in tasks:
             t.cancel()
+        if self.workers is not None:
+            await self.workers.stop()
         with contextlib.suppress(OSError):
             await loop.run_in_executor(None, location.save)
         await endpoint.close()
+
+    def _worker_argv(self, bind: str, port: int) -> list[str]:
+        argv = [sys.executable, "-m", "appliance.workers", "--data", str(self.data),
+                "--bind", bind, "--port", str(port),
+                "--log-level", getattr(self.args, "log_level", "info")]
+        if getattr(self.args, "sip_trace", False):
+            argv.append("--sip-trace")
+        return argv
 
     async def _watchdog(self, every: float) -> None:
         while True:
@@ -170,8 +189,12 @@ class Daemon:
                 new = None
             if new is not None:
                 log.info("config.yaml reloaded: %d extensions", len(new.extensions))
+                if new.sip.workers != self.cfg.sip.workers:
+                    log.warning("sip.workers changed: takes effect when the daemon restarts")
                 self.cfg = new
                 pbx.config = new
+                if self.workers is not None:
+                    self.workers.restart()  # they read config.yaml when they start
             for aor, b in location.expire(time.time()):
                 bus.publish(ExtensionUnregistered(aor, b.contact, "expired"))
             if location.needs_save():

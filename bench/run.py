@@ -87,7 +87,10 @@ class Settings:
     callees: int = 200
     memory_contacts: int = 10_000
     memory_reg_rate: int = 1000       # moderate: well inside what the daemon sustains
-    kamailio_workers: int = 2         # UDP worker processes (-n); the daemon is one process
+    kamailio_workers: int = 2         # UDP worker processes (-n)
+    # The daemon's registrar workers (sip.workers) in the throughput sections: 1 = two
+    # processes on the SIP port, as Kamailio's two; memory and start-up use the factory 0.
+    appliance_workers: int = 1
     kamailio_shm_mb: int = 1024       # 128 MB runs out of transactions at 1,000 calls/s
     call_hold_s: float = 1.0          # the pause between ACK and BYE in call_caller.xml
     max_fail_ratio: float = 0.001
@@ -447,9 +450,12 @@ class Appliance(Server):
     label = "appliance"
 
     def __init__(self, workdir: Path, users: Users | None, tag: str, *,
-                 md5_first: bool = True) -> None:
+                 md5_first: bool = True, workers: int = 0) -> None:
         super().__init__(workdir, users or Users({}), tag)
         self.md5_first = md5_first
+        self.workers = workers
+        if workers:
+            self.label = f"appliance ({workers + 1} processes)"
         self.data = self.workdir / "data"
         self.tls_port = free_udp_port(also_tcp=True)
         self.write_config = users is not None
@@ -460,7 +466,7 @@ class Appliance(Server):
         self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
         lines = ["# written by bench/run.py", "version: 1", "system:", "  language: en",
                  "  name: bench", "sip:", "  min_expires: 60", "  max_expires: 7200",
-                 "  default_expires: 3600", "  ring_timeout: 60",
+                 "  default_expires: 3600", "  ring_timeout: 60", f"  workers: {self.workers}",
                  # Signalling against a signalling-only proxy: the box's RTP relay (on by
                  # default for extension calls) is measured by bench/media.py instead.
                  "media:", "  relay_extension_calls: false", "extensions:"]
@@ -478,8 +484,9 @@ class Appliance(Server):
                        "--sip-port", str(self.port), "--tls-port", str(self.tls_port)]
 
     def memory_kb(self) -> int:
+        """VmRSS of the daemon, plus its registrar workers' if it has any."""
         assert self.proc is not None
-        return status_kb(self.proc.pid, "VmRSS") or 0
+        return sum(status_kb(p, "VmRSS") or 0 for p in self.pids() or [self.proc.pid])
 
     def registrations_saved(self) -> int | None:
         try:
@@ -706,9 +713,10 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
     t0 = time.monotonic()
     runs = []
     try:
-        for i, csv in enumerate(csvs):
+        ports = spread_ports(n, 1 + settings.appliance_workers)
+        for i, (csv, port) in enumerate(zip(csvs, ports, strict=True)):
             runs.append(start_sipp(scenario, workdir=workdir, name=f"{name}-{rate}-{i}",
-                                   target_port=target_port, local_port=free_udp_port(),
+                                   target_port=target_port, local_port=port,
                                    csv=csv, rate=rate / n, calls=total // n,
                                    limit=limit // n, timeout_s=seconds + drain))
         deadline = t0 + seconds + drain + 15
@@ -736,6 +744,20 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
                 round((cpu1 - cpu0) / busy, 2) if server and cpu0 is not None else None,
                 round((children_cpu() - kids0) / busy, 2), drops,
                 round(other_cpu_seconds(table0, table1, ours) / busy, 2))
+
+
+def spread_ports(n: int, processes: int) -> list[int]:
+    """Free ports for n SIPp processes that the appliance's SO_REUSEPORT steering
+    (appliance/sip/reuseport.py: source address + port, mod the number of processes)
+    gives to different processes, as phones on many addresses spread over them.
+    Kamailio's workers share one socket and do not care."""
+    from appliance.sip.reuseport import socket_for
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_udp_port()
+        if socket_for(LOOPBACK, port, processes) == len(ports) % processes:
+            ports.append(port)
+    return ports
 
 
 def ladder(rates: list[int], run_one, label: str,
@@ -774,8 +796,8 @@ class Bench:
         self.callee_users = Users.numbered(20000, settings.callees)
         self.mem_users = Users.numbered(30000, settings.memory_contacts)
 
-    def servers(self, users: Users, tag: str) -> list[Server]:
-        out: list[Server] = [Appliance(self.workdir, users, tag)]
+    def servers(self, users: Users, tag: str, workers: int = 0) -> list[Server]:
+        out: list[Server] = [Appliance(self.workdir, users, tag, workers=workers)]
         if self.with_kamailio:
             out.append(Kamailio(self.workdir, users, tag, self.s))
         return out
@@ -791,7 +813,12 @@ class Bench:
     # registrations --------------------------------------------------------------------------
     def registrations(self) -> None:
         res: dict[str, Any] = {}
-        for server in self.servers(self.reg_users, "registrations"):
+        servers = self.servers(self.reg_users, "registrations", self.s.appliance_workers)
+        if self.s.appliance_workers:  # and the daemon as one process, for comparison
+            one = Appliance(self.workdir, self.reg_users, "registrations-one-process")
+            one.name, one.label = "appliance_one_process", "1 process"
+            servers.insert(1, one)
+        for server in servers:
             log(f"registrations: {server.label}")
             d = server.workdir
             server.start()
@@ -848,7 +875,7 @@ class Bench:
     def calls(self) -> None:
         res: dict[str, Any] = {}
         users = self.reg_users + self.callee_users
-        for server in self.servers(users, "calls"):
+        for server in self.servers(users, "calls", self.s.appliance_workers):
             log(f"calls: {server.label}")
             d = server.workdir
             server.start()
@@ -1123,6 +1150,11 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         row(f"{title} (<=0.1% failed, kept up)", app, kam, ">= 1.0x Kamailio", met,
             higher_better=True, app_at_least=bool(a.get("top_of_ladder")),
             kam_at_least=bool(k.get("top_of_ladder")))
+        one = r.get("appliance_one_process")
+        if one:
+            row(f"{title}, appliance as one process (sip.workers: 0)", one.get("figure"), kam,
+                "", None, higher_better=True, app_at_least=bool(one.get("top_of_ladder")),
+                kam_at_least=bool(k.get("top_of_ladder")))
     m = results.get("memory")
     if m and "appliance_idle_factory_kb" in m:
         idle = _mb(m.get("appliance_idle_factory_kb"))

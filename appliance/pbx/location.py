@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from ..sip.transaction import Peer
 from ..store.atomic import atomic_write
@@ -56,6 +57,8 @@ class Location:
         self.path = path
         self._bindings: dict[str, dict[str, Binding]] = {}
         self.dirty = False       # a binding came, went or moved: save within a second
+        # Told of every put/remove (not of expiry): registrar workers keep in step by it.
+        self.on_change: Callable[[list[Any]], None] | None = None
         self.refreshed = False   # only refreshes since the last save: they can wait
         self._saved_at = time.monotonic()
 
@@ -91,6 +94,8 @@ class Location:
         found = self._bindings.setdefault(aor, {})
         old = found.get(binding.contact)
         found[binding.contact] = binding
+        if self.on_change is not None:
+            self.on_change(["put", aor, binding])
         if (old is not None and old.peer == binding.peer and old.q == binding.q
                 and old.path == binding.path and old.user_agent == binding.user_agent):
             self.refreshed = True  # a refresh: only expiry and CSeq moved
@@ -105,10 +110,14 @@ class Location:
         if not found:
             del self._bindings[aor]
         self.dirty = True
+        if b is not None and self.on_change is not None:
+            self.on_change(["del", aor, contact])
         return b
 
     def remove_all(self, aor: str) -> list[Binding]:
         self.dirty = True
+        if self.on_change is not None:
+            self.on_change(["clr", aor])
         return list(self._bindings.pop(aor, {}).values())
 
     def aors(self) -> list[str]:

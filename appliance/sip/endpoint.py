@@ -68,9 +68,11 @@ class Endpoint:
         self.received = 0   # messages in (the daemon's idle detection)
 
     async def start(self, bind: str, udp_port: int, tcp_port: int, tls_port: int | None,
-                    server_ssl: ssl.SSLContext | None) -> dict[str, int]:
+                    server_ssl: ssl.SSLContext | None, udp_group: int = 0) -> dict[str, int]:
+        """Listen; `udp_group` > 0: the UDP port is shared with that many processes in
+        all, this one first (appliance/workers.py)."""
         self.bind_host = bind
-        ports = {"udp": await self.transports.listen_udp(bind, udp_port)}
+        ports = {"udp": await self.transports.listen_udp(bind, udp_port, steer=udp_group)}
         ports["tcp"] = await self.transports.listen_stream("tcp", bind, tcp_port or ports["udp"])
         if tls_port is not None and server_ssl is not None:
             ports["tls"] = await self.transports.listen_stream("tls", bind, tls_port, server_ssl)

@@ -16,6 +16,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from . import reuseport
 from .message import KEEPALIVE, ParseError, StreamFramer
 from .transaction import Peer
 
@@ -117,16 +118,28 @@ class Transports:
         self._udp_out: list[tuple[asyncio.DatagramTransport, bytes, tuple[str, int]]] = []
 
     # -- listeners ----------------------------------------------------------
-    async def listen_udp(self, host: str, port: int) -> int:
+    async def listen_udp(self, host: str, port: int, *, share: bool = False,
+                         steer: int = 0) -> int:
+        """Bind UDP. `share`: join the port's SO_REUSEPORT group (a registrar worker);
+        `steer`: found the group and keep each sender to one of its `steer` sockets
+        (appliance/sip/reuseport.py)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share or steer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, 4 << 20)):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, opt, size)
             except OSError:
                 pass
         sock.bind((host, port))
+        if steer:
+            try:
+                reuseport.steer(sock, steer)
+            except OSError as e:
+                log.warning("cannot keep each phone to one process (%s): the kernel's "
+                            "hash decides, which may split a phone's transactions", e)
         sock.setblocking(False)
         _, proto = await self.loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
         self._udp[family] = proto

@@ -1,0 +1,69 @@
+"""Several processes on one UDP port (SO_REUSEPORT), each sender kept to one of them.
+
+Linux hands a datagram for a port shared with SO_REUSEPORT to one socket of the
+group. By default it picks by a hash of the 4-tuple; `steer` replaces that with a
+classic BPF program (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5) that picks socket
+number (source address + source port) mod n, so that the choice is the same in
+every process and after a restart, and senders on neighbouring ports spread evenly.
+A phone keeps its address and port, so all of its datagrams reach the same process,
+and its transactions stay whole there (RFC 3261 §17 matches them per process).
+Socket numbers follow the order in which the sockets joined; a number without a
+socket (a worker being restarted) falls back to the kernel's hash.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+
+SO_ATTACH_REUSEPORT_CBPF = 51  # <asm-generic/socket.h>
+_NET = -0x100000  # SKF_NET_OFF: loads relative to the IP header
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def program(n: int) -> list[tuple[int, int, int, int]]:
+    """(code, jt, jf, k) of the steering program for a group of n sockets."""
+    def net(offset: int) -> int:
+        return (_NET + offset) & 0xFFFFFFFF
+    return [
+        (0x30, 0, 0, net(0)),    # ldb [ip]           version and IHL
+        (0x74, 0, 0, 4),         # rsh #4             version
+        (0x15, 5, 0, 6),         # jeq #6, ipv6       (else IPv4)
+        (0x20, 0, 0, net(12)),   # ld [ip+12]         IPv4 source address
+        (0x07, 0, 0, 0),         # tax
+        (0x28, 0, 0, net(20)),   # ldh [ip+20]        UDP source port (no IP options)
+        (0x0C, 0, 0, 0),         # add x
+        (0x05, 0, 0, 4),         # ja mod
+        (0x20, 0, 0, net(20)),   # ipv6: ld [ip+20]   last 32 bits of the source address
+        (0x07, 0, 0, 0),         # tax
+        (0x28, 0, 0, net(40)),   # ldh [ip+40]        UDP source port
+        (0x0C, 0, 0, 0),         # add x
+        (0x94, 0, 0, n),         # mod: mod #n
+        (0x16, 0, 0, 0),         # ret a
+    ]
+
+
+def socket_for(host: str, port: int, n: int) -> int:
+    """The socket number `program(n)` picks for a sender (what tests and logs expect)."""
+    if ":" in host:
+        low = int.from_bytes(socket.inet_pton(socket.AF_INET6, host)[12:], "big")
+    else:
+        low = int.from_bytes(socket.inet_aton(host), "big")
+    return ((low + port) & 0xFFFFFFFF) % n
+
+
+def steer(sock: socket.socket, n: int) -> None:
+    """Attach the program to the group `sock` belongs to (or will found when it binds).
+    OSError if the kernel refuses it; the kernel's hash then stays in charge."""
+    code = program(n)
+    insns = (_SockFilter * len(code))(*(_SockFilter(*i) for i in code))
+    fprog = _SockFprog(len(code), insns)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))

@@ -1,0 +1,424 @@
+"""Registrar workers (`sip.workers: N`): more processes answering REGISTER on the SIP port.
+
+One Python process is one core. With N workers the daemon starts N more processes
+(`python -m appliance.workers`) that bind the same UDP address and port; the kernel
+gives each datagram to one of the N+1 sockets, always the same one for a given
+phone (appliance/sip/reuseport.py). A worker answers REGISTER itself, with the same
+registrar, digest and transaction code as the daemon, and passes every other
+datagram, unparsed, to the daemon, which runs calls, lines, rooms and the rest as
+it does alone and answers from the same port. TCP and TLS stay with the daemon.
+
+Bindings are kept in step over a Unix datagram socket pair per worker: a worker
+reports each change; the daemon applies it to its own location service (which
+saves `registrations.json` and tells the bus, i.e. the web page and the LEDs) and
+hands it on to the other workers; the daemon's own changes go to every worker. A
+worker starts with all current bindings and only then binds its UDP socket. So
+each process knows every binding, a few milliseconds late at most, and a 200 to
+REGISTER lists all contacts of the extension (RFC 3261 §10.3 step 8).
+
+Digest nonces are keyed by `nonce.key`, so any process accepts any process's nonce;
+nonce counts are tracked per process, which holds because a phone's datagrams stay
+with one process. A worker that dies is started again after a second; one that is
+missing meanwhile leaves its phones to the kernel's hash over the other sockets.
+
+Messages on a socket pair (one datagram each):
+    b"D" + port (2 bytes) + host length (1 byte) + host + a SIP datagram  worker → daemon
+    b"B" + JSON list of binding changes                                   both ways
+        ["put", aor, binding] | ["del", aor, contact] | ["clr", aor]
+    b"R"  the daemon's bindings have all been sent: bind and serve       daemon → worker
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .bus import Bus, ExtensionRegistered, ExtensionUnregistered
+from .pbx.location import Binding, Location
+from .sip.transaction import Peer
+
+log = logging.getLogger("appliance.workers")
+
+RESTART_DELAY = 1.0   # seconds before a worker that exited is started again
+_BATCH = 100          # binding changes per message (a few hundred bytes each)
+_BUFFER = 4 << 20     # socket pair buffers: a burst of changes or datagrams waits here
+_BACKLOG = 100_000    # messages waiting for a full socket pair; beyond that they are dropped
+_PORT = struct.Struct("!HB")
+
+Op = list[Any]
+
+
+def encode_datagram(data: bytes, host: str, port: int) -> bytes:
+    raw = host.encode()
+    return b"D" + _PORT.pack(port, len(raw)) + raw + data
+
+
+def decode_datagram(msg: bytes) -> tuple[bytes, str, int]:
+    port, n = _PORT.unpack_from(msg, 1)
+    start = 1 + _PORT.size
+    return msg[start + n:], msg[start:start + n].decode(), port
+
+
+def encode_ops(ops: list[Op]) -> list[bytes]:
+    out = []
+    for i in range(0, len(ops), _BATCH):
+        batch = [[op[0], op[1], op[2].to_json()] if op[0] == "put" else op
+                 for op in ops[i:i + _BATCH]]
+        out.append(b"B" + json.dumps(batch, separators=(",", ":")).encode())
+    return out
+
+
+def decode_ops(msg: bytes) -> list[Op]:
+    ops = json.loads(msg[1:])
+    return [[op[0], op[1], Binding.from_json(op[2])] if op[0] == "put" else op for op in ops]
+
+
+class Channel:
+    """One end of a socket pair on the event loop: whole messages in and out; what the
+    socket cannot take yet waits, in order, until it can."""
+
+    def __init__(self, sock: socket.socket, on_message: Callable[[bytes], None],
+                 on_closed: Callable[[], None]) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, _BUFFER)
+        self.on_message = on_message
+        self.on_closed = on_closed
+        self.loop = asyncio.get_running_loop()
+        self._backlog: list[bytes] = []
+        self.dropped = 0
+        self.closed = False
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def send(self, msg: bytes) -> None:
+        if self.closed:
+            return
+        if self._backlog:
+            if len(self._backlog) >= _BACKLOG:
+                # The other process has not read for a long while: drop, as UDP would.
+                self.dropped += 1
+                return
+            self._backlog.append(msg)
+            return
+        try:
+            self.sock.send(msg)
+        except BlockingIOError:
+            self._backlog.append(msg)
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+        except OSError:
+            self.close()
+
+    def _writable(self) -> None:
+        while self._backlog:
+            try:
+                self.sock.send(self._backlog[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close()
+                return
+            del self._backlog[0]
+        self.loop.remove_writer(self.sock.fileno())
+
+    def _readable(self) -> None:
+        for _ in range(256):  # then let the loop breathe
+            try:
+                msg = self.sock.recv(1 << 17)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg = b""
+            if not msg:  # the other end is gone
+                self.close()
+                return
+            try:
+                self.on_message(msg)
+            except Exception:
+                log.exception("bad message from the other process (%d bytes)", len(msg))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        if self._backlog:
+            self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self.on_closed()
+
+
+class _Outbox:
+    """Binding changes made during one turn of the loop, sent together at its end."""
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self.send = send
+        self.ops: list[Op] = []
+
+    def add(self, op: Op) -> None:
+        if not self.ops:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.ops.append(op)
+
+    def flush(self) -> None:
+        ops, self.ops = self.ops, []
+        for msg in encode_ops(ops):
+            self.send(msg)
+
+
+# -- the daemon's side -----------------------------------------------------------------
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: Channel | None = None
+        self.outbox: _Outbox | None = None
+
+
+class WorkerPool:
+    """The daemon's workers: starts them, feeds them bindings, takes their changes and
+    their datagrams, starts again any that exits."""
+
+    def __init__(self, count: int, argv: list[str], location: Location, bus: Bus,
+                 on_datagram: Callable[[bytes, Peer], None]) -> None:
+        self.argv = argv              # the worker command line, without --fd and --index
+        self.location = location
+        self.bus = bus
+        self.on_datagram = on_datagram
+        self.workers = [_Worker(i + 1) for i in range(count)]
+        self._origin: int | None = None   # the worker whose changes are being applied
+        self._peers: dict[tuple[str, int], Peer] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        location.on_change = self._changed
+
+    async def start(self) -> None:
+        for w in self.workers:
+            await self._spawn(w)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._supervise(w)))
+
+    async def _spawn(self, w: _Worker) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            w.process = await asyncio.create_subprocess_exec(
+                *self.argv, "--fd", str(theirs.fileno()), "--index", str(w.index),
+                pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
+        w.channel = Channel(ours, lambda msg: self._received(w, msg), lambda: None)
+        w.outbox = _Outbox(w.channel.send)
+        now = time.time()
+        everything: list[Op] = [["put", aor, b] for aor in self.location.aors()
+                                for b in self.location.bindings(aor, now)]
+        for msg in encode_ops(everything):
+            w.channel.send(msg)
+        w.channel.send(b"R")
+        log.info("worker %d started (pid %d) with %d bindings", w.index, w.process.pid,
+                 len(everything))
+
+    async def _supervise(self, w: _Worker) -> None:
+        while True:
+            assert w.process is not None
+            code = await w.process.wait()
+            if w.channel is not None:
+                w.channel.close()
+            if self._stopping:
+                return
+            log.warning("worker %d exited (%s); starting it again in %.0f s", w.index, code,
+                        RESTART_DELAY)
+            await asyncio.sleep(RESTART_DELAY)
+            if self._stopping:
+                return
+            try:
+                await self._spawn(w)
+            except OSError as e:
+                log.error("cannot start worker %d: %s", w.index, e)
+
+    def restart(self) -> None:
+        """Stop every worker (config.yaml changed); each is started again with it."""
+        for w in self.workers:
+            if w.process is not None and w.process.returncode is None:
+                w.process.terminate()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for w in self.workers:
+            if w.process is not None and w.process.returncode is None:
+                w.process.terminate()
+        for w in self.workers:
+            if w.process is not None:
+                try:
+                    await asyncio.wait_for(w.process.wait(), 3.0)
+                except TimeoutError:
+                    w.process.kill()
+                    await w.process.wait()
+        for t in self._tasks:
+            t.cancel()
+
+    # -- messages from a worker
+    def _received(self, w: _Worker, msg: bytes) -> None:
+        kind = msg[:1]
+        if kind == b"D":
+            data, host, port = decode_datagram(msg)
+            peer = self._peers.get((host, port))
+            if peer is None:
+                if len(self._peers) >= 4096:
+                    self._peers.clear()
+                peer = self._peers[(host, port)] = Peer("udp", host, port)
+            self.on_datagram(data, peer)
+        elif kind == b"B":
+            self._apply(w.index, decode_ops(msg))
+
+    def _apply(self, origin: int, ops: list[Op]) -> None:
+        """A worker's binding changes: into the location service (which saves them and
+        hands them on to the other workers) and onto the bus."""
+        loc, publish = self.location, self.bus.publish
+        self._origin = origin
+        try:
+            for op in ops:
+                kind, aor = op[0], op[1]
+                if kind == "put":
+                    b: Binding = op[2]
+                    fresh = loc.get(aor, b.contact) is None
+                    loc.put(aor, b)
+                    if fresh:
+                        publish(ExtensionRegistered(aor, b.contact,
+                                                    b.expires_in(time.time())))
+                elif kind == "del":
+                    if loc.remove(aor, op[2]) is not None:
+                        publish(ExtensionUnregistered(aor, op[2], "unregistered"))
+                elif kind == "clr":
+                    for gone in loc.remove_all(aor):
+                        publish(ExtensionUnregistered(aor, gone.contact, "unregistered"))
+        finally:
+            self._origin = None
+
+    def _changed(self, op: Op) -> None:
+        """A change to the daemon's bindings: every worker but the one it came from."""
+        for w in self.workers:
+            if w.index != self._origin and w.outbox is not None and w.channel is not None \
+                    and not w.channel.closed:
+                w.outbox.add(op)
+
+
+# -- the worker's side -----------------------------------------------------------------
+
+async def serve(args: argparse.Namespace) -> None:
+    from .daemon import nonce_secret
+    from .pbx.core import Pbx
+    from .sip.endpoint import Endpoint
+    from .sip.transaction import Timers
+    from .store.config import ConfigStore
+
+    loop = asyncio.get_running_loop()
+    data = Path(args.data)
+    cfg = ConfigStore(data).load()
+    s = cfg.sip
+    endpoint = Endpoint(Timers(s.t1_ms / 1000, s.t2_ms / 1000, s.t4_ms / 1000),
+                        trace=args.sip_trace)
+    endpoint.bind_host = args.bind
+    location = Location(None)
+    pbx = Pbx(endpoint, cfg, location, Bus(), nonce_secret(data))
+    endpoint.tu = pbx
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    applying = False
+
+    def received(msg: bytes) -> None:
+        nonlocal applying
+        kind = msg[:1]
+        if kind == b"B":
+            applying = True
+            try:
+                for op in decode_ops(msg):
+                    if op[0] == "put":
+                        location.put(op[1], op[2])
+                    elif op[0] == "del":
+                        location.remove(op[1], op[2])
+                    elif op[0] == "clr":
+                        location.remove_all(op[1])
+            finally:
+                applying = False
+        elif kind == b"R":
+            ready.set()
+
+    channel = Channel(socket.socket(fileno=args.fd), received, stop.set)
+    outbox = _Outbox(channel.send)
+
+    def changed(op: Op) -> None:
+        if not applying:
+            outbox.add(op)
+
+    location.on_change = changed
+    register = endpoint.transports.on_message
+
+    def on_message(data: bytes, peer: Peer) -> None:
+        # Only REGISTER is ours (RFC 3261 methods are case-sensitive); the rest, responses
+        # included, is the daemon's, unparsed.
+        if peer.transport == "udp" and not data.startswith(b"REGISTER "):
+            channel.send(encode_datagram(data, peer.host, peer.port))
+        else:
+            register(data, peer)
+
+    endpoint.transports.on_message = on_message
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    done = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([asyncio.ensure_future(ready.wait()), done],
+                       return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        return
+    await endpoint.transports.listen_udp(args.bind, args.port, share=True)
+    log.info("serving REGISTER on udp %s:%d with %d bindings", args.bind, args.port,
+             len(location))
+    from . import gcpolicy
+    gcpolicy.start()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 10.0)
+        location.expire(time.time())  # the daemon expires and announces; this only frees
+    await endpoint.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m appliance.workers",
+                                     description="a registrar worker (started by the daemon)")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--sip-trace", action="store_true")
+    args = parser.parse_args(argv)
+    from .daemon import setup_logging
+    setup_logging(args.log_level, args.sip_trace, prefix=f"worker {args.index} ")
+    with contextlib.suppress(ImportError):
+        import uvloop  # type: ignore[import-not-found]
+        uvloop.install()
+    try:
+        asyncio.run(serve(args))
+    except OSError as e:
+        log.error("worker %d cannot serve: %s", args.index, e)
+        return 1
+    except Exception:
+        log.exception("worker %d failed", args.index)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""`sip.workers`: registrar worker processes on the SIP UDP port, with real phones.
+
+The daemon's socket is number 0 of the port's group and worker 1's is number 1; a
+phone's source port decides which one it reaches (appliance/sip/reuseport.py), so
+each test picks its phones' ports to land on the process it wants."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+from appliance.sip.reuseport import socket_for
+from tests.peers import rawsip
+from tests.peers.ports import free_port
+from tests.peers.procs import wait_until
+from tests.peers.sipp import scenario, start_sipp
+
+pytestmark = pytest.mark.integration
+
+DAEMON, WORKER = 0, 1
+
+
+def port_on(process: int) -> int:
+    """A free UDP port whose datagrams the kernel steers to `process`."""
+    while True:
+        port = free_port("udp")
+        if socket_for("127.0.0.1", port, 2) == process:
+            return port
+
+
+def contacts(resp: rawsip.SipMessage) -> set[str]:
+    return {re.search(r"<([^>]+)>", v).group(1) for v in resp.header_all("contact")}
+
+
+@pytest.fixture
+def box(daemon_factory):
+    d = daemon_factory(workers=1)
+    d.wait_log("worker 1 appliance.workers: serving REGISTER")
+    return d
+
+
+def test_phones_on_either_process_share_one_location(box) -> None:
+    w_port, d_port = port_on(WORKER), port_on(DAEMON)
+    on_worker = f"sip:101@127.0.0.1:{w_port}"
+    on_daemon = f"sip:101@127.0.0.1:{d_port}"
+    with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=w_port) as a, \
+         rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=d_port) as b:
+        first = rawsip.register(a, user="101", password=box.passwords["101"],
+                                domain="127.0.0.1", algorithm="MD5")
+        assert first.status == 200, first.transcript()
+        assert contacts(first.final) == {on_worker}
+        box.wait_log(f"INFO  worker 1 appliance.registrar: extension 101 registered {on_worker}")
+
+        # The daemon answers the second phone and lists the worker's binding too (§10.3
+        # step 8): the worker's change reached it.
+        second = rawsip.register(b, user="101", password=box.passwords["101"],
+                                 domain="127.0.0.1", algorithm="MD5")
+        assert second.status == 200, second.transcript()
+        assert contacts(second.final) == {on_worker, on_daemon}
+        box.wait_log(f"INFO  appliance.registrar: extension 101 registered {on_daemon}")
+
+        # ...and the worker learned the daemon's binding in turn.
+        again = rawsip.register(a, user="101", password=box.passwords["101"],
+                                domain="127.0.0.1", algorithm="MD5", expires=600)
+        assert again.status == 200, again.transcript()
+        assert contacts(again.final) == {on_worker, on_daemon}
+
+        # The daemon saves what the worker registered, with the refreshed expiry.
+        def saved() -> dict[str, float]:
+            try:
+                data = json.loads((box.data / "registrations.json").read_text())
+            except (OSError, ValueError):
+                return {}
+            return {b["contact"]: b["expires_at"] for b in data["bindings"].get("101", [])}
+        wait_until(lambda: set(saved()) == {on_worker, on_daemon}, 5, what="saved bindings")
+
+        # Unregistering through the worker removes the binding everywhere.
+        gone = rawsip.register(a, user="101", password=box.passwords["101"],
+                               domain="127.0.0.1", algorithm="MD5", expires=0)
+        assert gone.status == 200, gone.transcript()
+        assert contacts(gone.final) == {on_daemon}
+        last = rawsip.register(b, user="101", password=box.passwords["101"],
+                               domain="127.0.0.1", algorithm="MD5")
+        assert contacts(last.final) == {on_daemon}
+
+
+def test_a_call_between_phones_the_worker_serves(box, tmp_path) -> None:
+    """Caller and callee both reach the worker: it registered the callee, and passes the
+    caller's INVITE, ACK and BYE and the callee's answers to the daemon, which runs the
+    call and sends from the same port."""
+    sdp = (b"v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+           b"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port_on(WORKER)) as phone:
+        res = rawsip.register(phone, user="101", password=box.passwords["101"],
+                              domain="127.0.0.1", algorithm="MD5")
+        assert res.status == 200, res.transcript()
+        box.wait_log("INFO  worker 1 appliance.registrar: extension 101 registered")
+        caller = start_sipp(scenario("uac_call"), box.remote("udp"), local_port=port_on(WORKER),
+                            keys={"user": "100", "password": box.passwords["100"],
+                                  "callee": "101", "hold_ms": 200}, workdir=tmp_path / "caller")
+        try:
+            invite = phone.recv(10)
+            assert invite is not None and invite.method == "INVITE", invite
+            phone.send(rawsip.reply(invite, 180, "Ringing", to_tag="phone101"))
+            phone.send(rawsip.reply(invite, 200, "OK", to_tag="phone101", body=sdp,
+                                    contact="<sip:101@127.0.0.1>"))
+            ack = phone.recv(5)
+            assert ack is not None and ack.method == "ACK", ack
+            bye = phone.recv(10)
+            assert bye is not None and bye.method == "BYE", bye
+            phone.send(rawsip.reply(bye, 200, "OK"))
+            caller.wait(20).check()
+        finally:
+            caller.stop()
+    box.wait_log("ended: hangup")
+    assert "worker 1 appliance.pbx" not in box.log()  # the worker ran no call
+
+
+def test_a_worker_that_dies_is_started_again(box) -> None:
+    pid = int(re.search(r"worker 1 started \(pid (\d+)\)", box.log()).group(1))
+    os.kill(pid, signal.SIGKILL)
+    box.wait_log("worker 1 exited (-9); starting it again")
+    wait_until(lambda: box.log().count("worker 1 appliance.workers: serving REGISTER") == 2,
+               10, what="worker 1 serving again")
+    port = port_on(WORKER)
+    with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port) as phone:
+        res = rawsip.register(phone, user="102", password=box.passwords["102"],
+                              domain="127.0.0.1", algorithm="MD5")
+        assert res.status == 200, res.transcript()
+    box.wait_log(f"INFO  worker 1 appliance.registrar: extension 102 registered "
+                 f"sip:102@127.0.0.1:{port}")

@@ -1,0 +1,63 @@
+"""The SO_REUSEPORT steering program (appliance/sip/reuseport.py) in the real kernel."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import pytest
+
+from appliance.sip import reuseport
+
+
+def _group(family: int, host: str, n: int) -> list[socket.socket]:
+    socks: list[socket.socket] = []
+    port = 0
+    for i in range(n):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((host, port))
+        port = s.getsockname()[1]
+        if i == 0:
+            reuseport.steer(s, n)
+        socks.append(s)
+    return socks
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"),
+                                         (socket.AF_INET6, "::1")])
+def test_each_sender_reaches_the_socket_its_address_and_port_pick(family, host):
+    try:
+        socks = _group(family, host, 3)
+    except OSError as e:
+        if family == socket.AF_INET6:
+            pytest.skip(f"no IPv6 loopback here: {e}")
+        raise
+    port = socks[0].getsockname()[1]
+    senders = []
+    try:
+        seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        for _ in range(60):  # until every socket got a sender (random ports: a few)
+            if all(seen.values()):
+                break
+            c = socket.socket(family, socket.SOCK_DGRAM)
+            senders.append(c)
+            c.bind((host, 0))
+            sport = c.getsockname()[1]
+            for _ in range(2):  # the same sender twice: the same socket twice
+                c.sendto(b"x", (host, port))
+                ready, _, _ = select.select(socks, [], [], 2.0)
+                assert len(ready) == 1
+                ready[0].recvfrom(16)
+                seen[socks.index(ready[0])].append(sport)
+            assert seen[reuseport.socket_for(host, sport, 3)][-2:] == [sport, sport]
+        assert all(seen.values())  # senders spread over all three sockets
+    finally:
+        for s in socks + senders:
+            s.close()
+
+
+def test_socket_for_is_source_address_plus_port_mod_n():
+    assert reuseport.socket_for("127.0.0.1", 40000, 3) == (0x7F000001 + 40000) % 3
+    assert reuseport.socket_for("::1", 5060, 2) == (1 + 5060) % 2
+    assert reuseport.socket_for("255.255.255.255", 1, 7) == 0  # 32-bit wrap, as in BPF
