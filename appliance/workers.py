@@ -25,6 +25,7 @@ Messages on a socket pair (one datagram each):
     b"D" + port (2 bytes) + host length (1 byte) + host + a SIP datagram  worker → daemon
     b"B" + JSON list of binding changes                                   both ways
         ["put", aor, binding] | ["del", aor, contact] | ["clr", aor]
+        ["ref", aor, contact, expires_at, call_id, cseq]   a refresh, sent within a second
     b"R"  the daemon's bindings have all been sent: bind and serve       daemon → worker
 """
 
@@ -51,6 +52,9 @@ from .sip.transaction import Peer
 log = logging.getLogger("appliance.workers")
 
 RESTART_DELAY = 1.0   # seconds before a worker that exited is started again
+# A refresh only moves a binding's expiry (and Call-ID, CSeq): the other processes hear of
+# it within this many seconds, the last of a burst only. Everything else goes at once.
+REFRESH_SYNC = 0.5
 _BATCH = 100          # binding changes per message (a few hundred bytes each)
 _BUFFER = 4 << 20     # socket pair buffers: a burst of changes or datagrams waits here
 _BACKLOG = 100_000    # messages waiting for a full socket pair; beyond that they are dropped
@@ -73,10 +77,19 @@ def decode_datagram(msg: bytes) -> tuple[bytes, str, int]:
 def encode_ops(ops: list[Op]) -> list[bytes]:
     out = []
     for i in range(0, len(ops), _BATCH):
-        batch = [[op[0], op[1], op[2].to_json()] if op[0] == "put" else op
-                 for op in ops[i:i + _BATCH]]
+        batch = [_wire(op) for op in ops[i:i + _BATCH]]
         out.append(b"B" + json.dumps(batch, separators=(",", ":")).encode())
     return out
+
+
+def _wire(op: Op) -> Op:
+    kind = op[0]
+    if kind == "put":
+        return [kind, op[1], op[2].to_json()]
+    if kind == "ref":
+        b: Binding = op[2]
+        return [kind, op[1], b.contact, b.expires_at, b.call_id, b.cseq]
+    return op
 
 
 def decode_ops(msg: bytes) -> list[Op]:
@@ -161,13 +174,27 @@ class Channel:
 
 
 class _Outbox:
-    """Binding changes made during one turn of the loop, sent together at its end."""
+    """Binding changes for the other side: those made during one turn of the loop go
+    together at its end; refreshes within REFRESH_SYNC, the latest per binding."""
 
     def __init__(self, send: Callable[[bytes], None]) -> None:
         self.send = send
         self.ops: list[Op] = []
+        self.refreshes: dict[tuple[str, str], Op] = {}
 
     def add(self, op: Op) -> None:
+        kind, aor = op[0], op[1]
+        if kind == "ref":
+            if not self.refreshes:
+                asyncio.get_running_loop().call_later(REFRESH_SYNC, self.flush_refreshes)
+            self.refreshes[(aor, op[2].contact)] = op
+            return
+        if self.refreshes:  # an older refresh must not land after this change
+            if kind == "clr":
+                for key in [k for k in self.refreshes if k[0] == aor]:
+                    del self.refreshes[key]
+            else:
+                self.refreshes.pop((aor, op[2].contact if kind == "put" else op[2]), None)
         if not self.ops:
             asyncio.get_running_loop().call_soon(self.flush)
         self.ops.append(op)
@@ -175,6 +202,11 @@ class _Outbox:
     def flush(self) -> None:
         ops, self.ops = self.ops, []
         for msg in encode_ops(ops):
+            self.send(msg)
+
+    def flush_refreshes(self) -> None:
+        refs, self.refreshes = list(self.refreshes.values()), {}
+        for msg in encode_ops(refs):
             self.send(msg)
 
 
@@ -303,6 +335,8 @@ class WorkerPool:
                 elif kind == "clr":
                     for gone in loc.remove_all(aor):
                         publish(ExtensionUnregistered(aor, gone.contact, "unregistered"))
+                elif kind == "ref":
+                    loc.refresh(aor, op[2], op[3], op[4], op[5])
         finally:
             self._origin = None
 
@@ -350,6 +384,8 @@ async def serve(args: argparse.Namespace) -> None:
                         location.remove(op[1], op[2])
                     elif op[0] == "clr":
                         location.remove_all(op[1])
+                    elif op[0] == "ref":
+                        location.refresh(op[1], op[2], op[3], op[4], op[5])
             finally:
                 applying = False
         elif kind == b"R":

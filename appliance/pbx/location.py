@@ -94,13 +94,27 @@ class Location:
         found = self._bindings.setdefault(aor, {})
         old = found.get(binding.contact)
         found[binding.contact] = binding
-        if self.on_change is not None:
-            self.on_change(["put", aor, binding])
         if (old is not None and old.peer == binding.peer and old.q == binding.q
                 and old.path == binding.path and old.user_agent == binding.user_agent):
-            self.refreshed = True  # a refresh: only expiry and CSeq moved
+            self.refreshed = True  # a refresh: only expiry, Call-ID and CSeq moved
+            kind = "ref"
         else:
             self.dirty = True
+            kind = "put"
+        if self.on_change is not None:
+            self.on_change([kind, aor, binding])
+
+    def refresh(self, aor: str, contact: str, expires_at: float, call_id: str,
+                cseq: int) -> None:
+        """A refresh another process took (appliance/workers.py); unknown bindings (gone
+        since) are left alone."""
+        b = self._bindings.get(aor, {}).get(contact)
+        if b is None:
+            return
+        b.expires_at, b.call_id, b.cseq = expires_at, call_id, cseq
+        self.refreshed = True
+        if self.on_change is not None:
+            self.on_change(["ref", aor, b])
 
     def remove(self, aor: str, contact: str) -> Binding | None:
         found = self._bindings.get(aor)

@@ -32,8 +32,14 @@ def port_on(process: int) -> int:
             return port
 
 
+def expiries(resp: rawsip.SipMessage) -> dict[str, int]:
+    """contact -> expires of the bindings a 200 to REGISTER lists."""
+    found = (re.fullmatch(r"<([^>]+)>;expires=(\d+)", v) for v in resp.header_all("contact"))
+    return {m.group(1): int(m.group(2)) for m in found if m}
+
+
 def contacts(resp: rawsip.SipMessage) -> set[str]:
-    return {re.search(r"<([^>]+)>", v).group(1) for v in resp.header_all("contact")}
+    return set(expiries(resp))
 
 
 @pytest.fixture
@@ -68,6 +74,16 @@ def test_phones_on_either_process_share_one_location(box) -> None:
                                 domain="127.0.0.1", algorithm="MD5", expires=600)
         assert again.status == 200, again.transcript()
         assert contacts(again.final) == {on_worker, on_daemon}
+        assert 590 <= expiries(again.final)[on_worker] <= 600
+
+        # A refresh reaches the other process within REFRESH_SYNC (0.5 s): the daemon's
+        # next 200 shows the worker's binding with its new expiry, not the first 3600.
+        def daemon_sees() -> int:
+            res = rawsip.register(b, user="101", password=box.passwords["101"],
+                                  domain="127.0.0.1", algorithm="MD5")
+            assert res.status == 200, res.transcript()
+            return expiries(res.final)[on_worker]
+        wait_until(lambda: 590 <= daemon_sees() <= 600, 5, what="the refresh on the daemon")
 
         # The daemon saves what the worker registered, with the refreshed expiry.
         def saved() -> dict[str, float]:
