@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -12,6 +13,7 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from . import NATIVE, gcpolicy, systemd
 from .bus import Bus, ExtensionUnregistered
@@ -29,12 +31,45 @@ log = logging.getLogger("appliance")
 SHUTDOWN_GRACE = 3.0  # seconds to wait for BYE answers on SIGTERM
 
 
+class LogStream:
+    """The log's stream: the lines of one turn of the event loop leave in one write at its
+    end, like the UDP datagrams (a call logs three lines; a write each was 4% of the CPU
+    at 1,500 calls/s). Outside a running loop they leave at once, and at exit."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lines: list[str] = []
+        atexit.register(self.flush_now)
+
+    def write(self, text: str) -> int:
+        if not self.lines:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.out.write(text)
+                self.out.flush()
+                return len(text)
+            loop.call_soon(self.flush_now)
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """Called after every record: the turn's end writes instead."""
+
+    def flush_now(self) -> None:
+        if self.lines:
+            text, self.lines = "".join(self.lines), []
+            with contextlib.suppress(OSError, ValueError):  # stderr closed: nothing to do
+                self.out.write(text)
+                self.out.flush()
+
+
 def setup_logging(level: str, sip_trace: bool, prefix: str = "") -> None:
     """`prefix`: what marks a registrar worker's lines ("worker 1 ")."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format=f"%(asctime)s %(levelname)-5s {prefix}%(name)s: %(message)s",
-        stream=sys.stderr,
+        stream=LogStream(sys.stderr),
     )
     # The format uses none of these: skip collecting them for every record (the logging
     # HOWTO's "Optimization" section). A call logs three lines; finding the caller's

@@ -31,6 +31,7 @@ GROUP = "appliance._native"  # the shared library: appliance/_native__mypyc.*.so
 
 MODULES = [
     "sip/uri.py",
+    "sip/tokens.py",
     "sip/message.py",
     "sip/digest.py",
     "sip/transaction.py",

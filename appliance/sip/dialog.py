@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import secrets
-
 from .message import Headers, NameAddr, ParseError, Request, Response, parse_name_addr
+from .tokens import token_hex
 from .transaction import Peer
 
 __all__ = ["Dialog", "new_tag", "new_call_id"]
 
 
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return token_hex(6)
 
 
 def new_call_id(host: str) -> str:
-    return f"{secrets.token_hex(10)}@{host}"
+    return f"{token_hex(10)}@{host}"
 
 
 class Dialog:

@@ -27,7 +27,6 @@ for retransmission.
 
 from __future__ import annotations
 
-import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from itertools import count
 from typing import Any, Final
 
 from .message import Headers, ParseError, Request, Response, make_response
+from .tokens import token_hex
 
 __all__ = [
     "Peer", "Timers", "ClientTransaction", "ServerTransaction", "TransactionLayer",
@@ -75,7 +75,7 @@ class Timers:
 
 def new_branch() -> str:
     """A fresh, globally unique branch parameter (§8.1.1.7)."""
-    return MAGIC_COOKIE + secrets.token_hex(8)
+    return MAGIC_COOKIE + token_hex(8)
 
 
 # -- transactions -----------------------------------------------------------------
