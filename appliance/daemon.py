@@ -181,6 +181,8 @@ class Daemon:
 
         log.info("shutting down")
         systemd.notify("STOPPING=1")
+        if self.workers is not None:
+            await self.workers.stop()  # they only register: they go first
         pbx.stop_lines()
         ended = pbx.hang_up_all() + pbx.stop_media()
         if ended:
@@ -191,8 +193,6 @@ class Daemon:
         pbx.close_media()
         for t in tasks:
             t.cancel()
-        if self.workers is not None:
-            await self.workers.stop()
         with contextlib.suppress(OSError):
             await loop.run_in_executor(None, location.save)
         await endpoint.close()

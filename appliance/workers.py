@@ -1,12 +1,14 @@
 """Registrar workers (`sip.workers: N`): more processes answering REGISTER on the SIP port.
 
 One Python process is one core. With N workers the daemon starts N more processes
-(`python -m appliance.workers`) that bind the same UDP address and port; the kernel
-gives each datagram to one of the N+1 sockets, always the same one for a given
-phone (appliance/sip/reuseport.py). A worker answers REGISTER itself, with the same
-registrar, digest and transaction code as the daemon, and passes every other
-datagram, unparsed, to the daemon, which runs calls, lines, rooms and the rest as
-it does alone and answers from the same port. TCP and TLS stay with the daemon.
+(`python -m appliance.workers`) that bind the same UDP address and port. A program in
+the kernel (appliance/sip/reuseport.py) gives each REGISTER to one of the N+1
+sockets, always the same one for a given phone, and everything else to the daemon,
+which runs calls, lines, rooms and the rest as it does alone. A worker answers
+REGISTER with the same registrar, digest and transaction code as the daemon; anything
+else that reaches it all the same (a kernel that refused the program, a method that
+merely starts with "REGI") it passes, unparsed, to the daemon, which answers from the
+same port. TCP and TLS stay with the daemon.
 
 Bindings are kept in step over a Unix datagram socket pair per worker: a worker
 reports each change; the daemon applies it to its own location service (which
@@ -218,6 +220,7 @@ class _Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.channel: Channel | None = None
         self.outbox: _Outbox | None = None
+        self.restarting = False  # stopped on purpose, to start again (config.yaml changed)
 
 
 class WorkerPool:
@@ -269,8 +272,12 @@ class WorkerPool:
                 w.channel.close()
             if self._stopping:
                 return
-            log.warning("worker %d exited (%s); starting it again in %.0f s", w.index, code,
-                        RESTART_DELAY)
+            if w.restarting:
+                w.restarting = False
+                log.info("worker %d stopped to read config.yaml again", w.index)
+            else:
+                log.warning("worker %d exited (%s); starting it again in %.0f s", w.index,
+                            code, RESTART_DELAY)
             await asyncio.sleep(RESTART_DELAY)
             if self._stopping:
                 return
@@ -283,6 +290,7 @@ class WorkerPool:
         """Stop every worker (config.yaml changed); each is started again with it."""
         for w in self.workers:
             if w.process is not None and w.process.returncode is None:
+                w.restarting = True
                 w.process.terminate()
 
     async def stop(self) -> None:

@@ -713,7 +713,7 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
     t0 = time.monotonic()
     runs = []
     try:
-        ports = spread_ports(n, 1 + settings.appliance_workers)
+        ports = sipp_ports(n, 1 + settings.appliance_workers)
         for i, (csv, port) in enumerate(zip(csvs, ports, strict=True)):
             runs.append(start_sipp(scenario, workdir=workdir, name=f"{name}-{rate}-{i}",
                                    target_port=target_port, local_port=port,
@@ -746,18 +746,25 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
                 round(other_cpu_seconds(table0, table1, ours) / busy, 2))
 
 
-def spread_ports(n: int, processes: int) -> list[int]:
-    """Free ports for n SIPp processes that the appliance's SO_REUSEPORT steering
-    (appliance/sip/reuseport.py: source address + port, mod the number of processes)
-    gives to different processes, as phones on many addresses spread over them.
-    Kamailio's workers share one socket and do not care."""
+def sipp_ports(n: int, processes: int) -> list[int]:
+    """The local ports of n load-generating SIPp processes, the same in every step of the
+    run: phones keep their address, so a registration in a later step refreshes the
+    binding of an earlier one instead of adding a contact (with new ports per step every
+    extension gathered one binding per step, and every 200 listed them all). The ports
+    are such that the appliance's SO_REUSEPORT steering (appliance/sip/reuseport.py:
+    source address + port, mod the number of processes) gives them to different
+    processes, as phones on many addresses spread over them; Kamailio's workers share
+    one socket and do not care."""
     from appliance.sip.reuseport import socket_for
-    ports: list[int] = []
+    ports = _sipp_ports.setdefault(processes, [])
     while len(ports) < n:
         port = free_udp_port()
         if socket_for(LOOPBACK, port, processes) == len(ports) % processes:
             ports.append(port)
-    return ports
+    return ports[:n]
+
+
+_sipp_ports: dict[int, list[int]] = {}
 
 
 def ladder(rates: list[int], run_one, label: str,

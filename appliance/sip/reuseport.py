@@ -1,14 +1,16 @@
-"""Several processes on one UDP port (SO_REUSEPORT), each sender kept to one of them.
+"""Several processes on one UDP port (SO_REUSEPORT): REGISTERs spread, the rest to one.
 
 Linux hands a datagram for a port shared with SO_REUSEPORT to one socket of the
 group. By default it picks by a hash of the 4-tuple; `steer` replaces that with a
-classic BPF program (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5) that picks socket
-number (source address + source port) mod n, so that the choice is the same in
-every process and after a restart, and senders on neighbouring ports spread evenly.
-A phone keeps its address and port, so all of its datagrams reach the same process,
-and its transactions stay whole there (RFC 3261 §17 matches them per process).
-Socket numbers follow the order in which the sockets joined; a number without a
-socket (a worker being restarted) falls back to the kernel's hash.
+classic BPF program (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5) that looks at the first
+bytes of the SIP message: a REGISTER goes to socket number (source address + source
+port) mod n, anything else to socket 0, the daemon's. The choice is the same in every
+process and after a restart, and senders on neighbouring ports spread evenly. A phone
+keeps its address and port, so all of its REGISTERs reach the same process and their
+transactions stay whole there (RFC 3261 §17 matches them per process); calls never
+take a detour through a registrar worker. Socket numbers follow the order in which the
+sockets joined (the daemon binds first); a number without a socket (a worker being
+restarted) falls back to the kernel's hash.
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
+_REGI = int.from_bytes(b"REGI", "big")
+
+
 def program(n: int) -> list[tuple[int, int, int, int]]:
     """(code, jt, jf, k) of the steering program for a group of n sockets."""
     def net(offset: int) -> int:
         return (_NET + offset) & 0xFFFFFFFF
     return [
-        (0x30, 0, 0, net(0)),    # ldb [ip]           version and IHL
+        (0x20, 0, 0, 0),         # ld [0]             the first 4 bytes of the SIP message
+        (0x15, 1, 0, _REGI),     # jeq "REGI", steer  (a shorter datagram ends here: 0)
+        (0x06, 0, 0, 0),         # ret #0             not a REGISTER: the daemon's socket
+        (0x30, 0, 0, net(0)),    # steer: ldb [ip]    version and IHL
         (0x74, 0, 0, 4),         # rsh #4             version
         (0x15, 5, 0, 6),         # jeq #6, ipv6       (else IPv4)
         (0x20, 0, 0, net(12)),   # ld [ip+12]         IPv4 source address
@@ -52,7 +60,8 @@ def program(n: int) -> list[tuple[int, int, int, int]]:
 
 
 def socket_for(host: str, port: int, n: int) -> int:
-    """The socket number `program(n)` picks for a sender (what tests and logs expect)."""
+    """The socket number `program(n)` picks for a sender's REGISTERs (what tests and the
+    bench expect)."""
     if ":" in host:
         low = int.from_bytes(socket.inet_pton(socket.AF_INET6, host)[12:], "big")
     else:

@@ -12,6 +12,7 @@ import re
 import signal
 
 import pytest
+import yaml
 
 from appliance.sip.reuseport import socket_for
 from tests.peers import rawsip
@@ -105,9 +106,9 @@ def test_phones_on_either_process_share_one_location(box) -> None:
 
 
 def test_a_call_between_phones_the_worker_serves(box, tmp_path) -> None:
-    """Caller and callee both reach the worker: it registered the callee, and passes the
-    caller's INVITE, ACK and BYE and the callee's answers to the daemon, which runs the
-    call and sends from the same port."""
+    """Caller and callee on ports whose REGISTERs the worker takes: it registered the
+    callee; the caller's INVITE, ACK and BYE and the callee's answers go to the daemon,
+    which knows the binding and runs the call."""
     sdp = (b"v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
            b"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
     with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port_on(WORKER)) as phone:
@@ -149,3 +150,43 @@ def test_a_worker_that_dies_is_started_again(box) -> None:
         assert res.status == 200, res.transcript()
     box.wait_log(f"INFO  worker 1 appliance.registrar: extension 102 registered "
                  f"sip:102@127.0.0.1:{port}")
+
+
+def test_workers_take_a_changed_config_yaml(box) -> None:
+    """A new password in config.yaml holds on every process: the daemon restarts its
+    workers, which read the file again."""
+    path = box.data / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["extensions"]["102"]["password"] = "a-new-secret-102"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    box.wait_log("worker 1 stopped to read config.yaml again")
+    wait_until(lambda: box.log().count("worker 1 appliance.workers: serving REGISTER") == 2,
+               10, what="worker 1 serving again")
+    port = port_on(WORKER)
+    with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port) as phone:
+        old = rawsip.register(phone, user="102", password=box.passwords["102"],
+                              domain="127.0.0.1", algorithm="MD5")
+        assert old.status == 401, old.transcript()
+        new = rawsip.register(phone, user="102", password="a-new-secret-102",
+                              domain="127.0.0.1", algorithm="MD5")
+        assert new.status == 200, new.transcript()
+    box.wait_log(f"INFO  worker 1 appliance.registrar: extension 102 registered "
+                 f"sip:102@127.0.0.1:{port}")
+
+
+def test_what_a_worker_gets_that_is_not_a_register_goes_to_the_daemon(box) -> None:
+    """The kernel reads four bytes: "REGISTRATION" reaches the worker, which hands it on
+    unparsed; the daemon answers it (RFC 3261 §8.2.1: an unknown method) from the port."""
+    port = port_on(WORKER)
+    with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port) as phone:
+        req = rawsip.build_request("REGISTRATION", "sip:127.0.0.1", client=phone,
+                                   from_uri="sip:101@127.0.0.1", to_uri="sip:101@127.0.0.1",
+                                   call_id="odd-method@test", cseq=1, from_tag="odd")
+        phone.send(req)
+        resp = phone.recv(5)
+    assert resp is not None and resp.status == 501, resp
+    assert resp.header("call-id") == "odd-method@test"
+    # The daemon parsed it (its SIP trace has it), the worker did not.
+    received = f"<<< udp 127.0.0.1:{port}\nREGISTRATION sip:127.0.0.1 SIP/2.0"
+    assert f"INFO  appliance.sip.trace: {received}" in box.log()
+    assert f"worker 1 appliance.sip.trace: {received}" not in box.log()

@@ -1,4 +1,5 @@
 """The SO_REUSEPORT steering program (appliance/sip/reuseport.py) in the real kernel."""
+# REGISTERs go by source address + port; everything else to socket 0 (the daemon's).
 
 from __future__ import annotations
 
@@ -24,9 +25,17 @@ def _group(family: int, host: str, n: int) -> list[socket.socket]:
     return socks
 
 
+def _arrival(socks: list[socket.socket]) -> int:
+    """The number of the one socket the datagram just sent arrived at."""
+    ready, _, _ = select.select(socks, [], [], 2.0)
+    assert len(ready) == 1
+    ready[0].recvfrom(64)
+    return socks.index(ready[0])
+
+
 @pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"),
                                          (socket.AF_INET6, "::1")])
-def test_each_sender_reaches_the_socket_its_address_and_port_pick(family, host):
+def test_registers_spread_by_sender_the_rest_go_to_the_first_socket(family, host):
     try:
         socks = _group(family, host, 3)
     except OSError as e:
@@ -45,12 +54,13 @@ def test_each_sender_reaches_the_socket_its_address_and_port_pick(family, host):
             c.bind((host, 0))
             sport = c.getsockname()[1]
             for _ in range(2):  # the same sender twice: the same socket twice
-                c.sendto(b"x", (host, port))
-                ready, _, _ = select.select(socks, [], [], 2.0)
-                assert len(ready) == 1
-                ready[0].recvfrom(16)
-                seen[socks.index(ready[0])].append(sport)
+                c.sendto(b"REGISTER sip:example.com SIP/2.0\r\n", (host, port))
+                seen[_arrival(socks)].append(sport)
             assert seen[reuseport.socket_for(host, sport, 3)][-2:] == [sport, sport]
+            for other in (b"INVITE sip:100@example.com SIP/2.0\r\n", b"SIP/2.0 200 OK\r\n",
+                          b"\r\n\r\n", b"x", b"REG"):  # "REG": too short to tell: 0
+                c.sendto(other, (host, port))
+                assert _arrival(socks) == 0, other
         assert all(seen.values())  # senders spread over all three sockets
     finally:
         for s in socks + senders:
