@@ -991,7 +991,7 @@ class Bench:
                 server.stop()
         res["kamailio_measure"] = ("sum of Pss over its processes "
                                    f"({self.s.kamailio_workers} UDP workers + helpers)")
-        res["appliance_measure"] = "VmRSS of the daemon process"
+        res["appliance_measure"] = "VmRSS of the daemon, plus its registrar workers if any"
         self.results["memory"] = res
 
     # startup ---------------------------------------------------------------------------------------
