@@ -137,41 +137,38 @@ def test_a_call_between_phones_the_worker_serves(box, tmp_path) -> None:
     assert "worker 1 appliance.pbx" not in box.log()  # the worker ran no call
 
 
-def test_a_worker_that_dies_is_started_again(box) -> None:
-    pid = int(re.search(r"worker 1 started \(pid (\d+)\)", box.log()).group(1))
-    os.kill(pid, signal.SIGKILL)
-    box.wait_log("worker 1 exited (-9); starting it again")
+def _register_through_the_worker_again(box, *passwords: str) -> None:
+    """Once worker 1 serves a second time: extension 102 registers through it, answered
+    401 for each of `passwords` but the last, 200 for that one."""
     wait_until(lambda: box.log().count("worker 1 appliance.workers: serving REGISTER") == 2,
                10, what="worker 1 serving again")
     port = port_on(WORKER)
     with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port) as phone:
-        res = rawsip.register(phone, user="102", password=box.passwords["102"],
-                              domain="127.0.0.1", algorithm="MD5")
-        assert res.status == 200, res.transcript()
+        for i, password in enumerate(passwords, 1):
+            res = rawsip.register(phone, user="102", password=password,
+                                  domain="127.0.0.1", algorithm="MD5")
+            assert res.status == (200 if i == len(passwords) else 401), res.transcript()
     box.wait_log(f"INFO  worker 1 appliance.registrar: extension 102 registered "
                  f"sip:102@127.0.0.1:{port}")
 
 
+def test_a_worker_that_dies_is_started_again(box) -> None:
+    pid = int(re.search(r"worker 1 started \(pid (\d+)\)", box.log()).group(1))
+    os.kill(pid, signal.SIGKILL)
+    box.wait_log("worker 1 exited (-9); starting it again")
+    _register_through_the_worker_again(box, box.passwords["102"])
+
+
 def test_workers_take_a_changed_config_yaml(box) -> None:
     """A new password in config.yaml holds on every process: the daemon restarts its
-    workers, which read the file again."""
+    workers, which read the file again (the old password fails, the new one works)."""
     path = box.data / "config.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["extensions"]["102"]["password"] = "a-new-secret-102"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     box.wait_log("worker 1 stopped to read config.yaml again")
-    wait_until(lambda: box.log().count("worker 1 appliance.workers: serving REGISTER") == 2,
-               10, what="worker 1 serving again")
-    port = port_on(WORKER)
-    with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port) as phone:
-        old = rawsip.register(phone, user="102", password=box.passwords["102"],
-                              domain="127.0.0.1", algorithm="MD5")
-        assert old.status == 401, old.transcript()
-        new = rawsip.register(phone, user="102", password="a-new-secret-102",
-                              domain="127.0.0.1", algorithm="MD5")
-        assert new.status == 200, new.transcript()
-    box.wait_log(f"INFO  worker 1 appliance.registrar: extension 102 registered "
-                 f"sip:102@127.0.0.1:{port}")
+    _register_through_the_worker_again(box, box.passwords["102"], "a-new-secret-102")
+
 
 
 def test_what_a_worker_gets_that_is_not_a_register_goes_to_the_daemon(box) -> None:
