@@ -40,9 +40,18 @@ def _native_guard() -> str:
         return "sources"
     try:
         lines = (_HERE / "_native.txt").read_text().splitlines()
-        changed = [rel for rel, digest in (line.split() for line in lines)
+        built = dict(line.split() for line in lines)
+        changed = [rel for rel, digest in built.items()
                    if hashlib.sha256((_HERE / rel).read_bytes()).hexdigest() != digest]
         why = f"changed since `make native`: {', '.join(changed)}" if changed else ""
+        # A module compiled by an earlier build but not by this one would load against
+        # a library that no longer has it.
+        stray = sorted(str(so.relative_to(_HERE)) for so in _HERE.rglob("*.so")
+                       if not so.name.startswith("_native__mypyc.")
+                       and f"{so.relative_to(_HERE).parent / so.name.split('.')[0]}.py"
+                       .removeprefix("./") not in built)
+        if stray and not why:
+            why = f"not from the last build: {', '.join(stray)}"
     except (OSError, ValueError) as e:
         why = f"no complete build ({e.__class__.__name__})"
     if not why:

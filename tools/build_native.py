@@ -38,6 +38,8 @@ MODULES = [
     "sip/endpoint.py",
     "sip/dialog.py",
     "pbx/location.py",
+    "pbx/dialplan.py",
+    "sip/prack.py",
     "pbx/registrar.py",
     "pbx/core.py",
     "pbx/call.py",
@@ -49,12 +51,10 @@ def source_hash(path: Path) -> str:
 
 
 def built_files() -> list[Path]:
-    """Every compiled file this script puts into the package."""
-    found = list(PACKAGE.glob("_native__mypyc.*"))
-    for rel in MODULES:
-        src = PACKAGE / rel
-        found += src.parent.glob(src.stem + ".*.so")
-    return found
+    """Every compiled module in the package: this build's, and those of an earlier build
+    whose list was longer (a leftover would shadow its source; the package ships no
+    other extension modules)."""
+    return list(PACKAGE.rglob("*.so"))
 
 
 def clean() -> None:

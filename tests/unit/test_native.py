@@ -81,3 +81,30 @@ def test_no_build_at_all_is_plain_python(built_copy: Path):
     (built_copy / "appliance" / "_native.txt").unlink()
     (native, message, _, _), err = _probe(built_copy)
     assert native == "sources" and message.endswith("message.py") and err == ""
+
+
+def test_a_module_compiled_by_an_earlier_build_is_not_used(built_copy: Path):
+    # e.g. after checking out a commit that compiles fewer modules: its leftover would
+    # look for itself in a shared library that no longer has it
+    pkg = built_copy / "appliance"
+    uri_so = next((pkg / "sip").glob("uri.*.so"))
+    shutil.copy(uri_so, pkg / "pbx" / uri_so.name.replace("uri.", "bridge."))
+    (native, message, core, method), err = _probe(built_copy)
+    assert native.startswith("sources: not from the last build: pbx/bridge.")
+    assert message.endswith("message.py") and core.endswith("core.py") and method == "OPTIONS"
+    probe = subprocess.run([sys.executable, "-c", "import appliance.pbx.bridge as b; "
+                            "print(b.__file__)"], cwd=built_copy, capture_output=True,
+                           text=True, timeout=60)
+    assert probe.stdout.strip().endswith("bridge.py"), probe.stderr
+
+
+def test_the_build_removes_every_compiled_module_it_no_longer_makes(tmp_path, monkeypatch):
+    pkg = tmp_path / "appliance"
+    (pkg / "pbx").mkdir(parents=True)
+    for name in ("pbx/dialplan.cpython-311-x86_64-linux-gnu.so", "_native__mypyc.abi3.so",
+                 "_native.txt"):
+        (pkg / name).write_bytes(b"old")
+    monkeypatch.setattr(build_native, "PACKAGE", pkg)
+    monkeypatch.setattr(build_native, "MANIFEST", pkg / "_native.txt")
+    build_native.clean()
+    assert list(pkg.rglob("*.*")) == []
