@@ -36,9 +36,12 @@ def _native_guard() -> str:
     """Use the compiled modules only if `_native.txt` vouches for every source they were
     built from; otherwise all of them run as Python (compiled modules call each other
     directly, so a mix of old compiled and new source code must never run)."""
-    if not any(_HERE.glob("_native__mypyc.*")):
+    compiled = list(_HERE.rglob("*.so"))
+    if not compiled:
         return "sources"
     try:
+        if not any(so.name.startswith("_native__mypyc.") for so in compiled):
+            raise FileNotFoundError("the shared library")
         lines = (_HERE / "_native.txt").read_text().splitlines()
         built = dict(line.split() for line in lines)
         changed = [rel for rel, digest in built.items()
@@ -46,7 +49,7 @@ def _native_guard() -> str:
         why = f"changed since `make native`: {', '.join(changed)}" if changed else ""
         # A module compiled by an earlier build but not by this one would load against
         # a library that no longer has it.
-        stray = sorted(str(so.relative_to(_HERE)) for so in _HERE.rglob("*.so")
+        stray = sorted(str(so.relative_to(_HERE)) for so in compiled
                        if not so.name.startswith("_native__mypyc.")
                        and f"{so.relative_to(_HERE).parent / so.name.split('.')[0]}.py"
                        .removeprefix("./") not in built)

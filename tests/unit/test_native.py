@@ -108,3 +108,10 @@ def test_the_build_removes_every_compiled_module_it_no_longer_makes(tmp_path, mo
     monkeypatch.setattr(build_native, "MANIFEST", pkg / "_native.txt")
     build_native.clean()
     assert list(pkg.rglob("*.*")) == []
+
+
+def test_a_compiled_module_without_its_shared_library_is_not_used(built_copy: Path):
+    next((built_copy / "appliance").glob("_native__mypyc.*")).unlink()
+    (native, message, core, _), err = _probe(built_copy)
+    assert native == "sources: no complete build (FileNotFoundError)"
+    assert message.endswith("message.py") and core.endswith("core.py")
