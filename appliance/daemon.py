@@ -87,6 +87,12 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def sip_timers(cfg: Config) -> Timers:
+    """T1, T2, T4 (RFC 3261 §17) from `sip.t1_ms` etc."""
+    s = cfg.sip
+    return Timers(s.t1_ms / 1000, s.t2_ms / 1000, s.t4_ms / 1000)
+
+
 def nonce_secret(data: Path) -> bytes:
     """The digest nonce key persists so that nonces stay valid across a restart."""
     path = data / "nonce.key"
@@ -145,8 +151,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         s = self.cfg.sip
-        timers = Timers(s.t1_ms / 1000, s.t2_ms / 1000, s.t4_ms / 1000)
-        endpoint = Endpoint(timers, trace=bool(getattr(self.args, "sip_trace", False)))
+        endpoint = Endpoint(sip_timers(self.cfg),
+                            trace=bool(getattr(self.args, "sip_trace", False)))
         bind, udp, tcp, tls = self._listen_spec()
         cert, key = await loop.run_in_executor(None, ensure_certificate, self.data)
         n_workers = s.workers

@@ -99,6 +99,30 @@ def decode_ops(msg: bytes) -> list[Op]:
     return [[op[0], op[1], Binding.from_json(op[2])] if op[0] == "put" else op for op in ops]
 
 
+def apply_ops(location: Location, ops: list[Op],
+              publish: Callable[[object], None] | None = None) -> None:
+    """Another process's binding changes into `location`; with `publish` (the daemon's
+    bus) new and removed bindings are announced too."""
+    for op in ops:
+        kind, aor = op[0], op[1]
+        if kind == "put":
+            b: Binding = op[2]
+            fresh = publish is not None and location.get(aor, b.contact) is None
+            location.put(aor, b)
+            if fresh and publish is not None:
+                publish(ExtensionRegistered(aor, b.contact, b.expires_in(time.time())))
+        elif kind == "del":
+            if location.remove(aor, op[2]) is not None and publish is not None:
+                publish(ExtensionUnregistered(aor, op[2], "unregistered"))
+        elif kind == "clr":
+            gone = location.remove_all(aor)
+            if publish is not None:
+                for b in gone:
+                    publish(ExtensionUnregistered(aor, b.contact, "unregistered"))
+        elif kind == "ref":
+            location.refresh(aor, op[2], op[3], op[4], op[5])
+
+
 class Channel:
     """One end of a socket pair on the event loop: whole messages in and out; what the
     socket cannot take yet waits, in order, until it can."""
@@ -325,26 +349,9 @@ class WorkerPool:
     def _apply(self, origin: int, ops: list[Op]) -> None:
         """A worker's binding changes: into the location service (which saves them and
         hands them on to the other workers) and onto the bus."""
-        loc, publish = self.location, self.bus.publish
         self._origin = origin
         try:
-            for op in ops:
-                kind, aor = op[0], op[1]
-                if kind == "put":
-                    b: Binding = op[2]
-                    fresh = loc.get(aor, b.contact) is None
-                    loc.put(aor, b)
-                    if fresh:
-                        publish(ExtensionRegistered(aor, b.contact,
-                                                    b.expires_in(time.time())))
-                elif kind == "del":
-                    if loc.remove(aor, op[2]) is not None:
-                        publish(ExtensionUnregistered(aor, op[2], "unregistered"))
-                elif kind == "clr":
-                    for gone in loc.remove_all(aor):
-                        publish(ExtensionUnregistered(aor, gone.contact, "unregistered"))
-                elif kind == "ref":
-                    loc.refresh(aor, op[2], op[3], op[4], op[5])
+            apply_ops(self.location, ops, self.bus.publish)
         finally:
             self._origin = None
 
@@ -359,18 +366,15 @@ class WorkerPool:
 # -- the worker's side -----------------------------------------------------------------
 
 async def serve(args: argparse.Namespace) -> None:
-    from .daemon import nonce_secret
+    from .daemon import nonce_secret, sip_timers
     from .pbx.core import Pbx
     from .sip.endpoint import Endpoint
-    from .sip.transaction import Timers
     from .store.config import ConfigStore
 
     loop = asyncio.get_running_loop()
     data = Path(args.data)
     cfg = ConfigStore(data).load()
-    s = cfg.sip
-    endpoint = Endpoint(Timers(s.t1_ms / 1000, s.t2_ms / 1000, s.t4_ms / 1000),
-                        trace=args.sip_trace)
+    endpoint = Endpoint(sip_timers(cfg), trace=args.sip_trace)
     endpoint.bind_host = args.bind
     location = Location(None)
     pbx = Pbx(endpoint, cfg, location, Bus(), nonce_secret(data))
@@ -385,15 +389,7 @@ async def serve(args: argparse.Namespace) -> None:
         if kind == b"B":
             applying = True
             try:
-                for op in decode_ops(msg):
-                    if op[0] == "put":
-                        location.put(op[1], op[2])
-                    elif op[0] == "del":
-                        location.remove(op[1], op[2])
-                    elif op[0] == "clr":
-                        location.remove_all(op[1])
-                    elif op[0] == "ref":
-                        location.refresh(op[1], op[2], op[3], op[4], op[5])
+                apply_ops(location, decode_ops(msg))
             finally:
                 applying = False
         elif kind == b"R":

@@ -47,15 +47,16 @@ log = logging.getLogger("appliance.call")
 MAX_FORWARDS: Final = 5  # forwarding hops one call may take before 482 Loop Detected
 
 # Headers carried across the B2BUA with a relayed request or response body.
-_BODY_HEADERS: Final = ("content-type", "content-disposition", "content-encoding", "content-language")
+_BODY_HEADERS: Final = ("content-type", "content-disposition", "content-encoding",
+                        "content-language")
 _RELAY_HEADERS: Final = ("event", "info-package", "subscription-state", "reason")
 
-_END_REASON: Final = {486: "busy", 600: "busy", 408: "no-answer", 480: "unavailable", 487: "cancelled",
-               603: "declined", 404: "not-found", 482: "loop"}
+_END_REASON: Final = {486: "busy", 600: "busy", 408: "no-answer", 480: "unavailable",
+                      487: "cancelled", 603: "declined", 404: "not-found", 482: "loop"}
 
 # RFC 5806 diversion reasons → RFC 4458 / RFC 7044 History-Info cause codes.
 _CAUSE: Final = {"unconditional": 302, "user-busy": 486, "no-answer": 408, "unavailable": 503,
-          "deflection": 480}
+                 "deflection": 480}
 
 
 def _copy_body(src: Request | Response, dst: Request | Response) -> None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.pbx")
 
+
 class DialogUser(Protocol):
     """Whatever owns a dialog we hold (a call's leg, an early dialog, a room participant):
     the in-dialog requests, ACKs and stray 2xx retransmissions of that dialog go to it."""

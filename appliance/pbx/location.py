@@ -22,7 +22,8 @@ from ..store.atomic import atomic_write
 
 log = logging.getLogger("appliance.location")
 
-REFRESH_SAVE_DELAY: Final = 30.0  # seconds a refresh may wait before registrations.json is rewritten
+# seconds a refresh may wait before registrations.json is rewritten
+REFRESH_SAVE_DELAY: Final = 30.0
 
 
 @dataclass(slots=True)

@@ -106,8 +106,10 @@ def _is_token(text: str) -> bool:
 _T: Final = r"A-Za-z0-9\-.!%*_+`'~"
 _PARAMS: Final = rf"(?:;[{_T}]+(?:=[{_T}]+)?)*"
 _PARAM_RE: Final = re.compile(rf";([{_T}]+)(?:=([{_T}]+))?")
-_FAST_VIA_RE: Final = re.compile(rf"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9\-.]+)(?::([0-9]{{1,5}}))?({_PARAMS})")
-_FAST_NAME_ADDR_RE: Final = re.compile(rf'(?:"([^"\\\x00-\x1f]*)" ?)?<([^<>"\x00-\x20]+)>({_PARAMS})')
+_FAST_VIA_RE: Final = re.compile(
+    rf"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9\-.]+)(?::([0-9]{{1,5}}))?({_PARAMS})")
+_FAST_NAME_ADDR_RE: Final = re.compile(
+    rf'(?:"([^"\\\x00-\x1f]*)" ?)?<([^<>"\x00-\x20]+)>({_PARAMS})')
 
 
 def _fast_params(text: str) -> dict[str, str | None]:

@@ -17,7 +17,8 @@ class URIError(ValueError):
     """A URI that does not follow the grammar of RFC 3261 §25.1 or RFC 3966."""
 
 
-_SCHEME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+_SCHEME_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 _BAD_URI_RE: Final = re.compile(r"[ \t\r\n<>\"]")
 _HOST_RE: Final = re.compile(r"[A-Za-z0-9\-.]+")
 

@@ -213,8 +213,6 @@ def test_callee_2xx_retransmitted_after_hangup_is_acked_again(daemon, tmp_path) 
     """§13.2.2.4: every 2xx retransmission gets an ACK. After the call has ended the box
     keeps only a stand-in on the callee's INVITE transaction (RFC 6026 Timer M); a 200
     the callee sends again because our ACK was lost still gets the same ACK."""
-    sdp = (b"v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
-           b"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
     with rawsip.SipClient("udp", ("127.0.0.1", daemon.port)) as phone:
         res = rawsip.register(phone, user="101", password=daemon.passwords["101"],
                               domain="127.0.0.1", algorithm="MD5")
@@ -223,17 +221,7 @@ def test_callee_2xx_retransmitted_after_hangup_is_acked_again(daemon, tmp_path) 
                             keys={"user": "100", "password": daemon.passwords["100"],
                                   "callee": "101", "hold_ms": 200})
         try:
-            invite = phone.recv(10)
-            assert invite is not None and invite.method == "INVITE"
-            phone.send(rawsip.reply(invite, 180, "Ringing", to_tag="phone101"))
-            ok = rawsip.reply(invite, 200, "OK", to_tag="phone101", body=sdp,
-                              contact="<sip:101@127.0.0.1>")
-            phone.send(ok)
-            first = phone.recv(5)
-            assert first is not None and first.method == "ACK", first
-            bye = phone.recv(10)
-            assert bye is not None and bye.method == "BYE", bye
-            phone.send(rawsip.reply(bye, 200, "OK"))
+            ok, first = rawsip.answer_call(phone, "101")
             caller.wait(20).check()
             daemon.wait_log("ended: hangup")
             phone.send(ok)   # as if our ACK had been lost

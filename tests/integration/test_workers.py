@@ -109,8 +109,6 @@ def test_a_call_between_phones_the_worker_serves(box, tmp_path) -> None:
     """Caller and callee on ports whose REGISTERs the worker takes: it registered the
     callee; the caller's INVITE, ACK and BYE and the callee's answers go to the daemon,
     which knows the binding and runs the call."""
-    sdp = (b"v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
-           b"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
     with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port_on(WORKER)) as phone:
         res = rawsip.register(phone, user="101", password=box.passwords["101"],
                               domain="127.0.0.1", algorithm="MD5")
@@ -120,16 +118,7 @@ def test_a_call_between_phones_the_worker_serves(box, tmp_path) -> None:
                             keys={"user": "100", "password": box.passwords["100"],
                                   "callee": "101", "hold_ms": 200}, workdir=tmp_path / "caller")
         try:
-            invite = phone.recv(10)
-            assert invite is not None and invite.method == "INVITE", invite
-            phone.send(rawsip.reply(invite, 180, "Ringing", to_tag="phone101"))
-            phone.send(rawsip.reply(invite, 200, "OK", to_tag="phone101", body=sdp,
-                                    contact="<sip:101@127.0.0.1>"))
-            ack = phone.recv(5)
-            assert ack is not None and ack.method == "ACK", ack
-            bye = phone.recv(10)
-            assert bye is not None and bye.method == "BYE", bye
-            phone.send(rawsip.reply(bye, 200, "OK"))
+            rawsip.answer_call(phone, "101")
             caller.wait(20).check()
         finally:
             caller.stop()

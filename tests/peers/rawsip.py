@@ -165,6 +165,27 @@ def reply(req: SipMessage, status: int, reason: str, *, to_tag: str = "phone",
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+PHONE_SDP = (b"v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+             b"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+
+
+def answer_call(phone: SipClient, user: str, sdp: bytes = PHONE_SDP) -> tuple[bytes, SipMessage]:
+    """Be the called phone `user` until the caller hangs up: take the INVITE, ring, answer
+    with `sdp`, take the ACK, answer the BYE. Returns the 200 sent and the ACK received."""
+    invite = phone.recv(10)
+    assert invite is not None and invite.method == "INVITE", invite
+    tag = f"phone{user}"
+    phone.send(reply(invite, 180, "Ringing", to_tag=tag))
+    ok = reply(invite, 200, "OK", to_tag=tag, body=sdp, contact=f"<sip:{user}@127.0.0.1>")
+    phone.send(ok)
+    ack = phone.recv(5)
+    assert ack is not None and ack.method == "ACK", ack
+    bye = phone.recv(10)
+    assert bye is not None and bye.method == "BYE", bye
+    phone.send(reply(bye, 200, "OK"))
+    return ok, ack
+
+
 def _content_length(head: bytes) -> int:
     m = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)", head)
     return int(m.group(1)) if m else 0
