@@ -137,7 +137,7 @@ class Daemon:
         self.cfg = cfg
         self.data = Path(args.data)
         self.stop = asyncio.Event()
-        self.workers: WorkerPool | None = None  # registrar workers (sip.workers)
+        self.workers: WorkerPool | None = None  # SIP workers (sip.workers)
 
     def _listen_spec(self) -> tuple[str, int, int, int]:
         a, s = self.args, self.cfg.sip
@@ -168,8 +168,11 @@ class Daemon:
             _ = pbx.conferences  # rooms configured: load media and the prompts now
         pbx.start_lines()
         if n_workers:
+            calls = endpoint.transports.steered  # else the kernel's hash would split calls
             self.workers = WorkerPool(n_workers, self._worker_argv(bind, ports["udp"]),
-                                      location, bus, endpoint.transports.on_message)
+                                      location, bus, endpoint.transports.on_message, calls)
+            if calls:
+                pbx.elsewhere = self.workers.pass_ack
             await self.workers.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
@@ -188,7 +191,7 @@ class Daemon:
         log.info("shutting down")
         systemd.notify("STOPPING=1")
         if self.workers is not None:
-            await self.workers.stop()  # they only register: they go first
+            await self.workers.stop()  # they end their calls and go first
         pbx.stop_lines()
         ended = pbx.hang_up_all() + pbx.stop_media()
         if ended:
@@ -235,7 +238,7 @@ class Daemon:
                 self.cfg = new
                 pbx.config = new
                 if self.workers is not None:
-                    self.workers.restart()  # they read config.yaml when they start
+                    self.workers.reload()
             for aor, b in location.expire(time.time()):
                 bus.publish(ExtensionUnregistered(aor, b.contact, "expired"))
             if location.needs_save():

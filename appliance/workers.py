@@ -1,14 +1,29 @@
-"""Registrar workers (`sip.workers: N`): more processes answering REGISTER on the SIP port.
+"""SIP workers (`sip.workers: N`): more processes answering REGISTER and running calls.
 
 One Python process is one core. With N workers the daemon starts N more processes
 (`python -m appliance.workers`) that bind the same UDP address and port. A program in
-the kernel (appliance/sip/reuseport.py) gives each REGISTER to one of the N+1
-sockets, always the same one for a given phone, and everything else to the daemon,
-which runs calls, lines, rooms and the rest as it does alone. A worker answers
-REGISTER with the same registrar, digest and transaction code as the daemon; anything
-else that reaches it all the same (a kernel that refused the program, a method that
-merely starts with "REGI") it passes, unparsed, to the daemon, which answers from the
-same port. TCP and TLS stay with the daemon.
+the kernel (appliance/sip/reuseport.py) gives each REGISTER, INVITE and CANCEL to one
+of the N+1 sockets, always the same one for a given phone, and everything else (ACKs,
+responses, other methods) to the daemon. A worker answers REGISTER with the same
+registrar, digest and transaction code as the daemon.
+
+Calls. A worker runs a call with the daemon's call code when it is a plain call
+between two extensions (`Call._stays_here`: over UDP, audio not relayed, callee
+without forwarding, neither phone behind NAT); it hands anything else to the daemon
+unparsed or, once parsed, with its transaction forgotten (carriers, rooms, feature
+codes, lines, relayed audio; with lines or trunks configured also every INVITE
+without credentials, since only the daemon knows the addresses a line's host
+resolved to). The daemon answers those from the shared port as if they had come to
+it. A worker's Via and Contact name a port of its own (`Transports.listen_udp_own`),
+so the callee's answers and every request within its dialogs come straight back to
+it; its requests leave from that port. The one message that still reaches the daemon
+is the ACK of a failed INVITE (486, 487, 404 ...), sent to the shared port: the daemon
+finds no transaction for it and hands it to the worker the program gives that
+phone's INVITEs to (`socket_for`); the ACK of a digest challenge, which needs nobody,
+it recognises by the To tag every process shares. Call events (ringing, answered,
+ended, DTMF) go to the daemon's bus. Calls whose phones sit behind NAT stay with the
+daemon because a NAT box that opened a pinhole for port 5060 may drop what comes
+from the worker's port.
 
 Bindings are kept in step over a Unix datagram socket pair per worker: a worker
 reports each change; the daemon applies it to its own location service (which
@@ -16,19 +31,26 @@ saves `registrations.json` and tells the bus, i.e. the web page and the LEDs) an
 hands it on to the other workers; the daemon's own changes go to every worker. A
 worker starts with all current bindings and only then binds its UDP socket. So
 each process knows every binding, a few milliseconds late at most, and a 200 to
-REGISTER lists all contacts of the extension (RFC 3261 §10.3 step 8).
+REGISTER lists all contacts of the extension (RFC 3261 §10.3 step 8). A changed
+config.yaml is read again by every process (the workers when the daemon tells them):
+calls in progress go on.
 
 Digest nonces are keyed by `nonce.key`, so any process accepts any process's nonce;
 nonce counts are tracked per process, which holds because a phone's datagrams stay
-with one process. A worker that dies is started again after a second; one that is
-missing meanwhile leaves its phones to the kernel's hash over the other sockets.
+with one process. A worker that dies is started again after a second (its calls are
+lost with it); one that is missing meanwhile leaves its phones to the kernel's hash
+over the other sockets. A worker stops before the daemon and ends its calls with BYE.
+If the kernel refuses the steering program, workers only register.
 
 Messages on a socket pair (one datagram each):
-    b"D" + port (2 bytes) + host length (1 byte) + host + a SIP datagram  worker → daemon
+    b"D" + port (2 bytes) + host length (1 byte) + host + a SIP datagram     both ways
+        worker → daemon: not the worker's; daemon → worker: an ACK for its INVITE
     b"B" + JSON list of binding changes                                   both ways
         ["put", aor, binding] | ["del", aor, contact] | ["clr", aor]
         ["ref", aor, contact, expires_at, call_id, cseq]   a refresh, sent within a second
+    b"E" + JSON list of [event class name, fields]   a worker's call events  worker → daemon
     b"R"  the daemon's bindings have all been sent: bind and serve       daemon → worker
+    b"C"  config.yaml changed: read it again                             daemon → worker
 """
 
 from __future__ import annotations
@@ -36,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -47,9 +70,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .bus import Bus, ExtensionRegistered, ExtensionUnregistered
+from .bus import (
+    Bus,
+    CallAnswered,
+    CallEnded,
+    CallRinging,
+    DtmfReceived,
+    ExtensionRegistered,
+    ExtensionUnregistered,
+)
 from .pbx.location import Binding, Location
-from .sip.transaction import Peer
+from .sip.reuseport import socket_for
+from .sip.transaction import OWN_PORT, Peer
 
 log = logging.getLogger("appliance.workers")
 
@@ -61,6 +93,10 @@ _BATCH = 100          # binding changes per message (a few hundred bytes each)
 _BUFFER = 4 << 20     # socket pair buffers: a burst of changes or datagrams waits here
 _BACKLOG = 100_000    # messages waiting for a full socket pair; beyond that they are dropped
 _PORT = struct.Struct("!HB")
+SHUTDOWN_GRACE = 3.0  # seconds a stopping worker waits for the answers to its BYEs
+# The bus events of a worker's calls, by name (what b"E" may carry)
+CALL_EVENTS: dict[str, type] = {e.__name__: e for e in (CallRinging, CallAnswered, CallEnded,
+                                                        DtmfReceived)}
 
 Op = list[Any]
 
@@ -97,6 +133,39 @@ def _wire(op: Op) -> Op:
 def decode_ops(msg: bytes) -> list[Op]:
     ops = json.loads(msg[1:])
     return [[op[0], op[1], Binding.from_json(op[2])] if op[0] == "put" else op for op in ops]
+
+
+def encode_events(events: list[object]) -> bytes:
+    return b"E" + json.dumps([[type(e).__name__, dataclasses.asdict(e)] for e in events],
+                             separators=(",", ":")).encode()
+
+
+def decode_events(msg: bytes) -> list[object]:
+    """The call events of b"E"; a name that is not a call event is skipped."""
+    out = []
+    for name, fields in json.loads(msg[1:]):
+        kind = CALL_EVENTS.get(name)
+        if kind is not None:
+            out.append(kind(**fields))
+    return out
+
+
+class _EventOutbox:
+    """A worker's call events: those of one turn of the loop go to the daemon together."""
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self.send = send
+        self.events: list[object] = []
+
+    def add(self, event: object) -> None:
+        if not self.events:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.events.append(event)
+
+    def flush(self) -> None:
+        events, self.events = self.events, []
+        for i in range(0, len(events), _BATCH):
+            self.send(encode_events(events[i:i + _BATCH]))
 
 
 def apply_ops(location: Location, ops: list[Op],
@@ -244,16 +313,17 @@ class _Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.channel: Channel | None = None
         self.outbox: _Outbox | None = None
-        self.restarting = False  # stopped on purpose, to start again (config.yaml changed)
 
 
 class WorkerPool:
-    """The daemon's workers: starts them, feeds them bindings, takes their changes and
-    their datagrams, starts again any that exits."""
+    """The daemon's workers: starts them, feeds them bindings, takes their changes, their
+    datagrams and their call events, starts again any that exits."""
 
     def __init__(self, count: int, argv: list[str], location: Location, bus: Bus,
-                 on_datagram: Callable[[bytes, Peer], None]) -> None:
-        self.argv = argv              # the worker command line, without --fd and --index
+                 on_datagram: Callable[[bytes, Peer], None], calls: bool = False) -> None:
+        # the worker command line, without --fd and --index
+        self.argv = [*argv, "--calls"] if calls else argv
+        self.calls = calls
         self.location = location
         self.bus = bus
         self.on_datagram = on_datagram
@@ -296,12 +366,8 @@ class WorkerPool:
                 w.channel.close()
             if self._stopping:
                 return
-            if w.restarting:
-                w.restarting = False
-                log.info("worker %d stopped to read config.yaml again", w.index)
-            else:
-                log.warning("worker %d exited (%s); starting it again in %.0f s", w.index,
-                            code, RESTART_DELAY)
+            log.warning("worker %d exited (%s); starting it again in %.0f s", w.index,
+                        code, RESTART_DELAY)
             await asyncio.sleep(RESTART_DELAY)
             if self._stopping:
                 return
@@ -310,12 +376,21 @@ class WorkerPool:
             except OSError as e:
                 log.error("cannot start worker %d: %s", w.index, e)
 
-    def restart(self) -> None:
-        """Stop every worker (config.yaml changed); each is started again with it."""
+    def reload(self) -> None:
+        """config.yaml changed (and the daemon took it): every worker reads it again."""
         for w in self.workers:
-            if w.process is not None and w.process.returncode is None:
-                w.restarting = True
-                w.process.terminate()
+            if w.channel is not None:
+                w.channel.send(b"C")
+
+    def pass_ack(self, data: bytes, peer: Peer) -> None:
+        """An ACK the daemon has no transaction or dialog for: to the worker that gets
+        this phone's INVITEs, which may run the call it acknowledges (Pbx.elsewhere)."""
+        index = socket_for(peer.host, peer.port, len(self.workers) + 1)
+        if index == 0:
+            return
+        w = self.workers[index - 1]
+        if w.channel is not None:
+            w.channel.send(encode_datagram(data, peer.host, peer.port))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -324,8 +399,8 @@ class WorkerPool:
                 w.process.terminate()
         for w in self.workers:
             if w.process is not None:
-                try:
-                    await asyncio.wait_for(w.process.wait(), 3.0)
+                try:  # a worker ends its calls first
+                    await asyncio.wait_for(w.process.wait(), SHUTDOWN_GRACE + 2.0)
                 except TimeoutError:
                     w.process.kill()
                     await w.process.wait()
@@ -345,6 +420,9 @@ class WorkerPool:
             self.on_datagram(data, peer)
         elif kind == b"B":
             self._apply(w.index, decode_ops(msg))
+        elif kind == b"E":
+            for event in decode_events(msg):
+                self.bus.publish(event)
 
     def _apply(self, origin: int, ops: list[Op]) -> None:
         """A worker's binding changes: into the location service (which saves them and
@@ -369,19 +447,24 @@ async def serve(args: argparse.Namespace) -> None:
     from .daemon import nonce_secret, sip_timers
     from .pbx.core import Pbx
     from .sip.endpoint import Endpoint
-    from .store.config import ConfigStore
+    from .store.config import ConfigError, ConfigStore
 
     loop = asyncio.get_running_loop()
     data = Path(args.data)
-    cfg = ConfigStore(data).load()
+    store = ConfigStore(data)
+    cfg = store.load()
     endpoint = Endpoint(sip_timers(cfg), trace=args.sip_trace)
     endpoint.bind_host = args.bind
     location = Location(None)
-    pbx = Pbx(endpoint, cfg, location, Bus(), nonce_secret(data))
+    bus = Bus()
+    pbx = Pbx(endpoint, cfg, location, bus, nonce_secret(data))
+    pbx.worker = True
     endpoint.tu = pbx
     stop = asyncio.Event()
     ready = asyncio.Event()
     applying = False
+    handle = endpoint.transports.on_message   # the endpoint's own: parse and handle
+    peers: dict[tuple[str, int], Peer] = {}
 
     def received(msg: bytes) -> None:
         nonlocal applying
@@ -392,6 +475,20 @@ async def serve(args: argparse.Namespace) -> None:
                 apply_ops(location, decode_ops(msg))
             finally:
                 applying = False
+        elif kind == b"D":  # an ACK for one of our INVITEs, via the daemon
+            datagram, host, port = decode_datagram(msg)
+            peer = peers.get((host, port))
+            if peer is None:
+                if len(peers) >= 4096:
+                    peers.clear()
+                peer = peers[(host, port)] = Peer("udp", host, port)
+            handle(datagram, peer)
+        elif kind == b"C":
+            try:
+                pbx.config = store.load()
+                log.info("config.yaml read again")
+            except ConfigError as e:  # the daemon took it: it may have changed again since
+                log.error("config.yaml not read again: %s", e)
         elif kind == b"R":
             ready.set()
 
@@ -403,15 +500,29 @@ async def serve(args: argparse.Namespace) -> None:
             outbox.add(op)
 
     location.on_change = changed
-    register = endpoint.transports.on_message
 
-    def on_message(data: bytes, peer: Peer) -> None:
-        # Only REGISTER is ours (RFC 3261 methods are case-sensitive); the rest, responses
-        # included, is the daemon's, unparsed.
-        if peer.transport == "udp" and not data.startswith(b"REGISTER "):
-            channel.send(encode_datagram(data, peer.host, peer.port))
+    def hand_on(datagram: bytes, peer: Peer) -> None:
+        channel.send(encode_datagram(datagram, peer.host, peer.port))
+
+    calls = bool(args.calls)
+    if calls:
+        pbx.elsewhere = hand_on
+        events = _EventOutbox(channel.send)
+        for kind in CALL_EVENTS.values():
+            bus.subscribe(kind, events.add)
+
+    def on_message(datagram: bytes, peer: Peer) -> None:
+        # What came to our own port is ours. On the shared port: REGISTER and, when we run
+        # calls, INVITE and CANCEL (RFC 3261 methods are case-sensitive); the rest,
+        # responses included, is the daemon's, unparsed. So are INVITEs while the box
+        # relays the audio of extension calls, which the daemon does.
+        if peer.transport != "udp" or peer.conn == OWN_PORT or datagram.startswith(
+                b"REGISTER ") or (calls and (
+                    datagram.startswith(b"CANCEL ") or (datagram.startswith(b"INVITE ") and not
+                                                         pbx.config.media.relay_extension_calls))):
+            handle(datagram, peer)
         else:
-            register(data, peer)
+            hand_on(datagram, peer)
 
     endpoint.transports.on_message = on_message
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -422,20 +533,31 @@ async def serve(args: argparse.Namespace) -> None:
     if stop.is_set():
         return
     await endpoint.transports.listen_udp(args.bind, args.port, share=True)
-    log.info("serving REGISTER on udp %s:%d with %d bindings", args.bind, args.port,
-             len(location))
+    if calls:
+        own = await endpoint.transports.listen_udp_own(args.bind)
+        log.info("serving REGISTER and calls on udp %s:%d (dialogs on port %d) with %d "
+                 "bindings", args.bind, args.port, own, len(location))
+    else:
+        log.info("serving REGISTER on udp %s:%d with %d bindings", args.bind, args.port,
+                 len(location))
     from . import gcpolicy
     gcpolicy.start()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 10.0)
         location.expire(time.time())  # the daemon expires and announces; this only frees
+    ended = pbx.hang_up_all()
+    if ended:
+        log.info("ending %d call(s)", ended)
+        deadline = loop.time() + SHUTDOWN_GRACE
+        while loop.time() < deadline and pbx.outstanding_byes():
+            await asyncio.sleep(0.05)
     await endpoint.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m appliance.workers",
-                                     description="a registrar worker (started by the daemon)")
+                                     description="a SIP worker (started by the daemon)")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--data", required=True)
@@ -443,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--sip-trace", action="store_true")
+    parser.add_argument("--calls", action="store_true",
+                        help="run calls between extensions too (the port's steering is on)")
     args = parser.parse_args(argv)
     from .daemon import setup_logging
     setup_logging(args.log_level, args.sip_trace, prefix=f"worker {args.index} ")

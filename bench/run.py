@@ -97,6 +97,9 @@ class Settings:
     min_rate_ratio: float = 0.95
     max_tail_s: float = 0.5           # or 5% of the step, whichever is longer
     sipp_split_rate: int = 8000       # from this rate on, the load is shared by 2 SIPp processes
+    # calls: from this rate on, 2 SIPp callers (ports steered to different processes of the
+    # appliance, as phones on many addresses spread over them)
+    sipp_call_split_rate: int = 1000
     settle_s: float = 1.0             # pause between two rates
 
 
@@ -809,8 +812,10 @@ class Bench:
             out.append(Kamailio(self.workdir, users, tag, self.s))
         return out
 
-    def _sipp_split(self, rate: int) -> int:
-        return 2 if rate >= self.s.sipp_split_rate else 1
+    def _sipp_split(self, rate: int, what: str = "registrations") -> int:
+        """How many SIPp processes offer `rate`."""
+        split = self.s.sipp_call_split_rate if what == "calls" else self.s.sipp_split_rate
+        return 2 if rate >= split else 1
 
     def _reg_csvs(self, d: Path, parts: int) -> list[Path]:
         numbers = self.reg_users.numbers()
@@ -863,7 +868,7 @@ class Bench:
                 raise RuntimeError(f"SIPp server exited: see {d}/sipp-server.err")
             best, steps = ladder(ladder_rates, lambda rate: load_step(
                 scenario=client_scenario, target_port=port,
-                csvs=make_csvs(d, self._sipp_split(rate)), rate=rate, seconds=seconds,
+                csvs=make_csvs(d, self._sipp_split(rate, what)), rate=rate, seconds=seconds,
                 hold_s=hold_s, workdir=d, name="client", settings=self.s, server=None),
                 "SIPp", self.s.settle_s)
         finally:
@@ -907,8 +912,8 @@ class Bench:
                     raise RuntimeError(f"callee SIPp exited: see {d}/callee.err")
                 best, steps = ladder(self.s.call_rates, lambda rate, server=server, d=d: load_step(
                     scenario="call_caller.xml", target_port=server.port,
-                    csvs=self._caller_csvs(d, self._sipp_split(rate)), rate=rate,
-                    seconds=self.s.call_seconds, hold_s=self.s.call_hold_s, workdir=d,
+                    csvs=self._caller_csvs(d, self._sipp_split(rate, "calls")),
+                    rate=rate, seconds=self.s.call_seconds, hold_s=self.s.call_hold_s, workdir=d,
                     name="caller", settings=self.s, server=server), server.label,
                     self.s.settle_s)
             finally:
@@ -1338,7 +1343,9 @@ def main(argv: list[str] | None = None) -> int:
                          " (MD5 challenge listed first for SIPp 3.6; same work per message); "
                          "start-up and factory idle RSS use `appliance run` as shipped",
             "load": "SIPp on the same 2 cores as the server under test; from "
-                    f"{settings.sipp_split_rate}/s two SIPp processes share the load",
+                    f"{settings.sipp_split_rate} registrations/s and from "
+                    f"{settings.sipp_call_split_rate} calls/s two SIPp processes share the "
+                    "load",
         },
         "other_load_max_cores": other_load(bench.results),
         "table": rows,

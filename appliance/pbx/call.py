@@ -360,6 +360,9 @@ class Call:
             return
         number = self._dialled_number(req)
         carrier = pbx.carrier_of(self.a_source, req)
+        if pbx.worker and not self._worker_may_answer(carrier) and pbx.pass_on(txn,
+                                                                              self.a_source):
+            return
         if carrier is not None:
             self.origin, self.origin_name, conf = carrier
             self.caller = self._caller_number(req)
@@ -390,6 +393,8 @@ class Call:
             self.caller = user
             self.caller_name = pbx.config.extensions[user].name or None
             dest = route(pbx.config, number or "")
+            if pbx.worker and not self._stays_here(dest) and pbx.pass_on(txn, self.a_source):
+                return
         if dest is not None and dest.kind == "feature":
             if self.origin == "extension":
                 pbx.feature_code(txn, self.caller, dest.number)
@@ -410,6 +415,42 @@ class Call:
             pbx.endpoint.loop.create_task(self._open_media_then_route(dest))
         else:
             self._route(dest)
+
+    # -- what a SIP worker keeps (appliance/workers.py) -------------------------------
+    def _worker_may_answer(self, carrier: tuple[str, str, Any] | None) -> bool:
+        """A worker challenges and authenticates extensions. Carriers, unlisted sources
+        and, when lines or trunks are configured, any INVITE without credentials go to
+        the daemon: only it knows the addresses a line's host resolved to."""
+        if carrier is not None or not self._is_extension_caller(self.a_req):
+            return False
+        cfg = self.pbx.config
+        return bool(self.a_req.headers.get("proxy-authorization")) or not (cfg.lines or
+                                                                            cfg.trunks)
+
+    def _stays_here(self, dest: Destination | None) -> bool:
+        """A worker runs a call between two extensions over UDP, audio not relayed, callee
+        without forwarding, neither side behind NAT (our requests leave from the worker's
+        own port, which a NAT box opened for 5060 may not let in), no Path; the rest is
+        the daemon's. An unknown number is answered 404 here."""
+        if dest is None:
+            return True
+        if dest.kind != "extension" or self._wants_relay(dest):
+            return False
+        pbx = self.pbx
+        ext = pbx.config.extensions.get(dest.number)
+        if ext is None:
+            return False
+        fw = ext.forward
+        if fw.unconditional or fw.busy or fw.no_answer or fw.unreachable:
+            return False
+        via = self.a_req.top_via
+        src = self.a_source
+        if via.host.strip("[]") != src.host or (via.port or 5060) != src.port:
+            return False
+        for b in pbx.location.bindings(dest.number, time.time()):
+            if b.path or not _direct(b):
+                return False
+        return True
 
     def _wants_relay(self, dest: Destination) -> bool:
         """The box carries the audio for every call through a line or trunk, and between
@@ -848,6 +889,9 @@ class Call:
         fw = self.pbx.config.extensions[ext].forward
         if 300 <= status < 400 and best.final_response is not None:
             target = _redirect_target(best.final_response)
+            if target and self.pbx.worker and not self._stays_here(route(self.pbx.config,
+                                                                          target)):
+                return False  # a worker's caller gets the 3xx itself
             if target:
                 self._forward(ext, target, "deflection")
                 return True
@@ -1081,6 +1125,19 @@ class Call:
         self.pending_ack = {}
         self.sent_acks = {}  # keyed by leg
         self.bridge = None   # closed in _end; it calls back into the call (DTMF)
+
+
+def _direct(b: Binding) -> bool:
+    """A UDP binding whose Contact is the address its REGISTER came from (no NAT)."""
+    peer = b.peer
+    if peer.transport != "udp":
+        return False
+    try:
+        uri = NameAddr(b.contact).parsed_uri
+    except ParseError:
+        return False
+    return (isinstance(uri, SipURI) and (uri.transport or "udp") == "udp"
+            and uri.host_bare == peer.host and (uri.port or 5060) == peer.port)
 
 
 def _redirect_target(resp: Response) -> str | None:

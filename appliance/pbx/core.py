@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import ipaddress
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..bus import Bus
-from ..sip.dialog import new_tag
 from ..sip.digest import DigestServer
 from ..sip.dns import DnsError, SipResolver
 from ..sip.endpoint import Endpoint
 from ..sip.message import NameAddr, ParseError, Request, Response, make_response
 from ..sip.transaction import (
+    OWN_PORT,
     AckTimeout,
     ClientTransaction,
     Peer,
@@ -88,13 +90,22 @@ class Pbx:
         self.location = location
         self.bus = bus
         realm = config.sip.domain or "appliance"
-        self.digest = DigestServer(realm, secret or secrets.token_bytes(32),
-                                   algorithms=tuple(config.sip.auth_algorithms))
+        secret = secret or secrets.token_bytes(32)
+        self.digest = DigestServer(realm, secret, algorithms=tuple(config.sip.auth_algorithms))
         self.registrar = Registrar(self)
         self.calls: set[Call] = set()
         # (Call-ID, our tag) → the call leg that dialog belongs to
         self.dialogs: dict[tuple[str, str], DialogUser] = {}
-        self._stateless_tag = new_tag()
+        # The To tag of answers outside any dialog (digest challenges among them): the same
+        # in every process of the box (it comes from the nonce key), so the daemon knows
+        # the ACK of a worker's challenge for one that needs no owner.
+        self._stateless_tag = hashlib.blake2b(b"stateless To tag", key=secret[:64],
+                                              digest_size=8).hexdigest()
+        # A SIP worker (appliance/workers.py) runs calls between extensions only, and hands
+        # the rest to the daemon; `elsewhere` takes the datagram being handled to the
+        # process it belongs to (the daemon's: a stray ACK to the worker that owns it).
+        self.worker = False
+        self.elsewhere: Callable[[bytes, Peer], None] | None = None
         self.user_agent = config.sip.user_agent
         self.allow = ALLOW
         self.pending_byes: set[PendingBye] = set()
@@ -163,6 +174,8 @@ class Pbx:
         self.digest.algorithms = tuple(cfg.sip.auth_algorithms)
         if cfg.dns != old.dns:
             self.resolver = SipResolver(_nameservers(cfg))
+        if self.worker:
+            return  # lines register from the daemon only
         if cfg.lines != old.lines or cfg.system.language != old.system.language:
             self.start_lines()
 
@@ -298,6 +311,22 @@ class Pbx:
         leg = self.dialogs.get((resp.call_id, resp.from_.tag or ""))
         return leg
 
+    def pass_on(self, txn: ServerTransaction | None, source: Peer) -> bool:
+        """Hand the request being handled to the process it belongs to, if there is one
+        (`elsewhere`); `txn`, which has sent nothing, ends silently. What came to a
+        worker's own port is that worker's and stays."""
+        elsewhere = self.elsewhere
+        if elsewhere is None or source.conn == OWN_PORT:
+            return False
+        ep = self.endpoint
+        peer = ep.datagram_peer
+        if peer is None:
+            return False
+        if txn is not None:
+            ep.layer.forget(txn)
+        elsewhere(ep.datagram, peer)
+        return True
+
     def _on_request(self, txn: ServerTransaction | None, req: Request, source: Any) -> None:
         method = req.method
         to_tag = req.to.tag
@@ -305,10 +334,16 @@ class Pbx:
             leg = self.dialogs.get((req.call_id, to_tag or ""))
             if leg is not None:
                 leg.on_ack(req)
+            elif not self.worker and to_tag != self._stateless_tag:
+                # The daemon: the ACK of a failed call a worker runs (every ACK to the
+                # shared port comes here, appliance/sip/reuseport.py) goes to that worker.
+                self.pass_on(None, source)
             return
         if method == "CANCEL":
             invite = txn.cancels
             if invite is None or invite.user_data is None:
+                if self.worker and self.pass_on(txn, source):
+                    return  # the INVITE went to the daemon
                 self.reply(txn, 481, "Call/Transaction Does Not Exist")
                 return
             self.reply(txn, 200, "OK")
@@ -317,6 +352,8 @@ class Pbx:
         if to_tag:
             leg = self.dialogs.get((req.call_id, to_tag))
             if leg is None:
+                if self.worker and self.pass_on(txn, source):
+                    return  # a dialog of the daemon's, reached through the shared port
                 self.reply(txn, 481, "Call/Transaction Does Not Exist")
                 return
             leg.on_request(txn, req)

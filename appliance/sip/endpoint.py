@@ -66,6 +66,10 @@ class Endpoint:
         self._local_ip_cache: dict[str, str] = {}
         self.on_idle: Callable[[], None] | None = None
         self.received = 0   # messages in (the daemon's idle detection)
+        # The message being handled, as it arrived: what a SIP worker hands on to the
+        # daemon when it is not the process for it (appliance/workers.py).
+        self.datagram = b""
+        self.datagram_peer: Peer | None = None
 
     async def start(self, bind: str, udp_port: int, tcp_port: int, tls_port: int | None,
                     server_ssl: ssl.SSLContext | None, udp_group: int = 0) -> dict[str, int]:
@@ -147,6 +151,8 @@ class Endpoint:
     # -- receiving ----------------------------------------------------------------
     def _on_bytes(self, data: bytes, peer: Peer) -> None:
         self.received += 1
+        self.datagram = data
+        self.datagram_peer = peer
         if self.trace:
             trace_log.info("<<< %s %s:%s\n%s", peer.transport, peer.host, peer.port,
                            data.decode("utf-8", "replace"))

@@ -40,7 +40,7 @@ from .tokens import token_hex
 __all__ = [
     "Peer", "Timers", "ClientTransaction", "ServerTransaction", "TransactionLayer",
     "RequestReceived", "ResponseReceived", "TransactionTimeout", "TransportError",
-    "AckTimeout", "Event", "make_cancel", "new_branch", "MAGIC_COOKIE",
+    "AckTimeout", "Event", "make_cancel", "new_branch", "MAGIC_COOKIE", "OWN_PORT",
 ]
 
 MAGIC_COOKIE: Final = "z9hG4bK"    # §8.1.1.7: branch values of RFC 3261 implementations
@@ -48,6 +48,9 @@ TRYING_DELAY: Final = 0.2          # §17.2.1: send 100 Trying if the TU has not
 TIMER_D_UNRELIABLE: Final = 32.0   # §17.1.1.2: Timer D > 32 s on unreliable transports
 
 _RELIABLE: Final = frozenset({"tcp", "tls", "sctp", "ws", "wss"})
+# `Peer.conn` of a datagram that came to a SIP worker's own UDP port (appliance/workers.py,
+# Transports.listen_udp_own): the answers leave from that port again.
+OWN_PORT: Final = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +416,14 @@ class TransactionLayer:
         self._send_response(txn, response)
         self._terminate(txn)
         self.release(txn)
+
+    def forget(self, txn: ServerTransaction) -> None:
+        """End a server transaction that has sent nothing, as if its request had never
+        come: another process answers it (a SIP worker handing a call to the daemon).
+        A retransmission of the request starts a new transaction."""
+        if txn.state in ("trying", "proceeding") and txn.last_response is None:
+            self._terminate(txn)
+            self.release(txn)
 
     def release(self, txn: Txn) -> None:
         """The TU is done with `txn`: drop its `user_data` and, once the final response

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from . import reuseport
 from .message import KEEPALIVE, ParseError, StreamFramer
-from .transaction import Peer
+from .transaction import OWN_PORT, Peer
 
 log = logging.getLogger("appliance.sip.transport")
 
@@ -29,8 +29,9 @@ IDLE_TIMEOUT = 3600.0  # streams idle this long are closed (a registered phone r
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, owner: Transports) -> None:
+    def __init__(self, owner: Transports, conn: int | None = None) -> None:
         self.owner = owner
+        self.conn = conn
         self.transport: asyncio.DatagramTransport | None = None
         self.peers: dict[tuple, Peer] = {}
 
@@ -48,7 +49,7 @@ class _Udp(asyncio.DatagramProtocol):
         if peer is None:
             if len(peers) >= 4096:
                 peers.clear()
-            peer = peers[addr] = Peer("udp", addr[0], addr[1])
+            peer = peers[addr] = Peer("udp", addr[0], addr[1], self.conn)
         self.owner.on_message(data, peer)
 
     def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.
@@ -108,6 +109,8 @@ class Transports:
         self.loop = asyncio.get_event_loop()
         self._ids = itertools.count(1)
         self._udp: dict[int, _Udp] = {}          # family → protocol
+        self._udp_own: dict[int, _Udp] = {}      # family → a worker's own port (its dialogs)
+        self.steered = False  # the UDP port's group runs appliance/sip/reuseport.py's program
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[int, _Stream] = {}
         self._by_addr: dict[tuple[str, str, int], _Stream] = {}
@@ -120,7 +123,7 @@ class Transports:
     # -- listeners ----------------------------------------------------------
     async def listen_udp(self, host: str, port: int, *, share: bool = False,
                          steer: int = 0) -> int:
-        """Bind UDP. `share`: join the port's SO_REUSEPORT group (a registrar worker);
+        """Bind UDP. `share`: join the port's SO_REUSEPORT group (a SIP worker);
         `steer`: found the group and keep each sender to one of its `steer` sockets
         (appliance/sip/reuseport.py)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -137,12 +140,35 @@ class Transports:
         if steer:
             try:
                 reuseport.steer(sock, steer)
+                self.steered = True
             except OSError as e:
                 log.warning("cannot keep each phone to one process (%s): the kernel's "
                             "hash decides, which may split a phone's transactions", e)
         sock.setblocking(False)
         _, proto = await self.loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
         self._udp[family] = proto
+        bound = sock.getsockname()[1]
+        self.local["udp"] = (host, bound)
+        return bound
+
+    async def listen_udp_own(self, host: str) -> int:
+        """A port of this process alone, beside a shared one (a SIP worker): our Via and
+        Contact name it, so the answers to our requests and the requests within our
+        dialogs come back to this process, not to whichever the kernel picks on the
+        shared port. Requests leave from it; responses leave from the port their request
+        came to (§18.2.2)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, 4 << 20)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            except OSError:
+                pass
+        sock.bind((host, 0))
+        sock.setblocking(False)
+        _, proto = await self.loop.create_datagram_endpoint(lambda: _Udp(self, OWN_PORT),
+                                                            sock=sock)
+        self._udp_own[family] = proto
         bound = sock.getsockname()[1]
         self.local["udp"] = (host, bound)
         return bound
@@ -162,6 +188,8 @@ class Transports:
         if peer.transport == "udp":
             family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
             proto = self._udp.get(family)
+            if self._udp_own and (peer.conn == OWN_PORT or not data.startswith(b"SIP/2.0 ")):
+                proto = self._udp_own.get(family, proto)
             if proto is None or proto.transport is None:
                 self.on_error(peer)
                 return
@@ -243,7 +271,7 @@ class Transports:
         for conn in list(self._conns.values()):
             if conn.transport:
                 conn.transport.close()
-        for proto in self._udp.values():
+        for proto in (*self._udp.values(), *self._udp_own.values()):
             if proto.transport:
                 proto.transport.close()
         for server in self._servers:

@@ -289,7 +289,8 @@ class SipConfig:
     max_expires: int = _leaf(3600, integer(1, 604_800))
     default_expires: int = _leaf(3600, integer(1, 604_800))
     ring_timeout: int = _leaf(60, integer(1, 600))
-    # Registrar worker processes sharing the UDP port (appliance/workers.py); 0: one process.
+    # SIP worker processes sharing the UDP port: they answer REGISTER and run plain calls
+    # between extensions (appliance/workers.py); 0: one process.
     workers: int = _leaf(0, integer(0, 16))
     user_agent: str = _leaf("appliance", text(1, 128))
     # MD5 only by default: many phones answer the first challenge even when they cannot

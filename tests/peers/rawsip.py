@@ -58,6 +58,7 @@ class SipMessage:
     start_line: str
     headers: list[tuple[str, str]]
     body: bytes
+    source: tuple[str, int] | None = None  # UDP: the address it came from
 
     @property
     def is_response(self) -> bool:
@@ -350,6 +351,11 @@ class SipClient:
         else:
             self.sock.sendall(data)
 
+    def send_to(self, data: bytes, addr: tuple[str, int]) -> None:
+        """UDP: send to another address than `remote` (a dialog's remote target)."""
+        self.sent.append(data)
+        self.sock.sendto(data, addr)
+
     def recv(self, timeout: float = 5.0) -> SipMessage | None:
         """Next message from the remote, or None on timeout / closed stream."""
         deadline = time.monotonic() + timeout
@@ -366,10 +372,11 @@ class SipClient:
             self.sock.settimeout(left)
             try:
                 if self.transport == "udp":
-                    data, _addr = self.sock.recvfrom(65535)
+                    data, addr = self.sock.recvfrom(65535)
                     if not data.strip():
                         continue  # keep-alive
                     msg = parse_message(data)
+                    msg.source = addr[:2]
                     self.received.append(msg)
                     return msg
                 chunk = self.sock.recv(65535)
