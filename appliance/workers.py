@@ -16,11 +16,13 @@ without credentials, since only the daemon knows the addresses a line's host
 resolved to). The daemon answers those from the shared port as if they had come to
 it. A worker's Via and Contact name a port of its own (`Transports.listen_udp_own`),
 so the callee's answers and every request within its dialogs come straight back to
-it; its requests leave from that port. The one message that still reaches the daemon
-is the ACK of a failed INVITE (486, 487, 404 ...), sent to the shared port: the daemon
-finds no transaction for it and hands it to the worker the program gives that
-phone's INVITEs to (`socket_for`); the ACK of a digest challenge, which needs nobody,
-it recognises by the To tag every process shares. Call events (ringing, answered,
+it; its requests leave from that port. What still reaches the daemon: the ACK of a
+failed INVITE (486, 487, 404 ...), sent to the shared port, which the daemon hands to
+the worker the program gives that phone's INVITEs to (`socket_for`), and requests
+within a worker's dialog that a phone sends to the shared port whatever the Request-URI
+(a phone set up with the box as outbound proxy; SIPp), which go to the worker whose own
+port the Request-URI names. The ACK of a digest challenge, which needs nobody, the
+daemon recognises by the To tag every process shares. Call events (ringing, answered,
 ended, DTMF) go to the daemon's bus. Calls whose phones sit behind NAT stay with the
 daemon because a NAT box that opened a pinhole for port 5060 may drop what comes
 from the worker's port.
@@ -44,12 +46,14 @@ If the kernel refuses the steering program, workers only register.
 
 Messages on a socket pair (one datagram each):
     b"D" + port (2 bytes) + host length (1 byte) + host + a SIP datagram     both ways
-        worker → daemon: not the worker's; daemon → worker: an ACK for its INVITE
+        worker → daemon: not the worker's; daemon → worker: the worker's (an ACK, a
+        request within its dialog sent to the shared port)
     b"B" + JSON list of binding changes                                   both ways
         ["put", aor, binding] | ["del", aor, contact] | ["clr", aor]
         ["ref", aor, contact, expires_at, call_id, cseq]   a refresh, sent within a second
     b"E" + JSON list of [event class name, fields]   a worker's call events  worker → daemon
     b"R"  the daemon's bindings have all been sent: bind and serve       daemon → worker
+    b"P" + the worker's own port, in ASCII digits                          worker → daemon
     b"C"  config.yaml changed: read it again                             daemon → worker
 """
 
@@ -80,6 +84,7 @@ from .bus import (
     ExtensionUnregistered,
 )
 from .pbx.location import Binding, Location
+from .sip.message import ParseError, Request
 from .sip.reuseport import socket_for
 from .sip.transaction import OWN_PORT, Peer
 
@@ -166,6 +171,22 @@ class _EventOutbox:
         events, self.events = self.events, []
         for i in range(0, len(events), _BATCH):
             self.send(encode_events(events[i:i + _BATCH]))
+
+
+def _ruri_port(data: bytes) -> int:
+    """The port in the Request-URI of a request datagram ("BYE sip:u@h:p;x SIP/2.0"), 0
+    when there is none to be read simply (the parser then has the last word)."""
+    eol = data.find(b"\r\n", 0, 1024)
+    parts = data[:eol].split(b" ")
+    if len(parts) != 3:
+        return 0
+    uri = parts[1]
+    at = uri.rfind(b"@")
+    hostport = uri[at + 1:] if at >= 0 else uri[uri.find(b":") + 1:]
+    hostport = hostport.split(b";", 1)[0].split(b"?", 1)[0]
+    colon = hostport.rfind(b":")
+    port = hostport[colon + 1:]
+    return int(port) if colon >= 0 and port.isdigit() and len(port) <= 5 else 0
 
 
 def apply_ops(location: Location, ops: list[Op],
@@ -313,6 +334,7 @@ class _Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.channel: Channel | None = None
         self.outbox: _Outbox | None = None
+        self.own_port: int | None = None  # where its dialogs are (b"P")
 
 
 class WorkerPool:
@@ -331,6 +353,7 @@ class WorkerPool:
         self._origin: int | None = None   # the worker whose changes are being applied
         self._peers: dict[tuple[str, int], Peer] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._by_own_port: dict[int, _Worker] = {}
         self._stopping = False
         location.on_change = self._changed
 
@@ -382,15 +405,34 @@ class WorkerPool:
             if w.channel is not None:
                 w.channel.send(b"C")
 
-    def pass_ack(self, data: bytes, peer: Peer) -> None:
-        """An ACK the daemon has no transaction or dialog for: to the worker that gets
-        this phone's INVITEs, which may run the call it acknowledges (Pbx.elsewhere)."""
-        index = socket_for(peer.host, peer.port, len(self.workers) + 1)
-        if index == 0:
-            return
-        w = self.workers[index - 1]
-        if w.channel is not None:
-            w.channel.send(encode_datagram(data, peer.host, peer.port))
+    def dispatch(self, data: bytes, peer: Peer) -> None:
+        """The daemon's shared port, before parsing: a request whose Request-URI names a
+        worker's own port (a phone that sends everything to the box's port, SIPp) goes
+        to that worker unparsed; the rest to the daemon's endpoint (`on_datagram`)."""
+        if self._by_own_port and data[:4] != b"SIP/":
+            w = self._by_own_port.get(_ruri_port(data))
+            if w is not None and w.channel is not None and not w.channel.closed:
+                w.channel.send(encode_datagram(data, peer.host, peer.port))
+                return
+        self.on_datagram(data, peer)
+
+    def hand_on(self, req: Request, data: bytes, peer: Peer) -> bool:
+        """A request the daemon has no transaction or dialog for (Pbx.elsewhere): to the
+        worker whose own port its Request-URI names (sent to the shared port, as through
+        an outbound proxy), an ACK else to the worker that gets this phone's INVITEs (the
+        ACK of a failed INVITE goes to the INVITE's Request-URI, §17.1.1.3)."""
+        try:
+            port = getattr(req.ruri, "port", None)
+        except ParseError:
+            port = None
+        w = self._by_own_port.get(port) if port is not None else None
+        if w is None and req.method == "ACK":
+            index = socket_for(peer.host, peer.port, len(self.workers) + 1)
+            w = self.workers[index - 1] if index else None
+        if w is None or w.channel is None or w.channel.closed:
+            return False
+        w.channel.send(encode_datagram(data, peer.host, peer.port))
+        return True
 
     async def stop(self) -> None:
         self._stopping = True
@@ -423,6 +465,11 @@ class WorkerPool:
         elif kind == b"E":
             for event in decode_events(msg):
                 self.bus.publish(event)
+        elif kind == b"P":
+            if w.own_port is not None:
+                self._by_own_port.pop(w.own_port, None)
+            w.own_port = int(msg[1:])
+            self._by_own_port[w.own_port] = w
 
     def _apply(self, origin: int, ops: list[Op]) -> None:
         """A worker's binding changes: into the location service (which saves them and
@@ -475,14 +522,18 @@ async def serve(args: argparse.Namespace) -> None:
                 apply_ops(location, decode_ops(msg))
             finally:
                 applying = False
-        elif kind == b"D":  # an ACK for one of our INVITEs, via the daemon
+        elif kind == b"D":  # ours, came to the daemon: an ACK, an in-dialog request
             datagram, host, port = decode_datagram(msg)
             peer = peers.get((host, port))
             if peer is None:
                 if len(peers) >= 4096:
                     peers.clear()
                 peer = peers[(host, port)] = Peer("udp", host, port)
-            handle(datagram, peer)
+            pbx.elsewhere = None  # never back to the daemon: answered (481) or dropped here
+            try:
+                handle(datagram, peer)
+            finally:
+                pbx.elsewhere = to_daemon if calls else None
         elif kind == b"C":
             try:
                 pbx.config = store.load()
@@ -504,9 +555,13 @@ async def serve(args: argparse.Namespace) -> None:
     def hand_on(datagram: bytes, peer: Peer) -> None:
         channel.send(encode_datagram(datagram, peer.host, peer.port))
 
+    def to_daemon(req: Request, datagram: bytes, peer: Peer) -> bool:
+        hand_on(datagram, peer)
+        return True
+
     calls = bool(args.calls)
     if calls:
-        pbx.elsewhere = hand_on
+        pbx.elsewhere = to_daemon
         events = _EventOutbox(channel.send)
         for kind in CALL_EVENTS.values():
             bus.subscribe(kind, events.add)
@@ -535,6 +590,7 @@ async def serve(args: argparse.Namespace) -> None:
     await endpoint.transports.listen_udp(args.bind, args.port, share=True)
     if calls:
         own = await endpoint.transports.listen_udp_own(args.bind)
+        channel.send(b"P%d" % own)
         log.info("serving REGISTER and calls on udp %s:%d (dialogs on port %d) with %d "
                  "bindings", args.bind, args.port, own, len(location))
     else:

@@ -101,11 +101,15 @@ class Pbx:
         # the ACK of a worker's challenge for one that needs no owner.
         self._stateless_tag = hashlib.blake2b(b"stateless To tag", key=secret[:64],
                                               digest_size=8).hexdigest()
+        endpoint.stateless_ack_mark = f";tag={self._stateless_tag}".encode()
         # A SIP worker (appliance/workers.py) runs calls between extensions only, and hands
-        # the rest to the daemon; `elsewhere` takes the datagram being handled to the
-        # process it belongs to (the daemon's: a stray ACK to the worker that owns it).
+        # the rest to the daemon. `elsewhere(request, datagram, source)` takes a request
+        # that is another process's there, False if none wants it: a worker's goes to the
+        # daemon; the daemon's to the worker whose own port the Request-URI names (a phone
+        # that sends everything to the box's port, as an outbound proxy), or an ACK to the
+        # worker that ran the INVITE.
         self.worker = False
-        self.elsewhere: Callable[[bytes, Peer], None] | None = None
+        self.elsewhere: Callable[[Request, bytes, Peer], bool] | None = None
         self.user_agent = config.sip.user_agent
         self.allow = ALLOW
         self.pending_byes: set[PendingBye] = set()
@@ -311,20 +315,19 @@ class Pbx:
         leg = self.dialogs.get((resp.call_id, resp.from_.tag or ""))
         return leg
 
-    def pass_on(self, txn: ServerTransaction | None, source: Peer) -> bool:
-        """Hand the request being handled to the process it belongs to, if there is one
-        (`elsewhere`); `txn`, which has sent nothing, ends silently. What came to a
+    def pass_on(self, txn: ServerTransaction | None, req: Request, source: Peer) -> bool:
+        """Hand the request being handled, as it arrived, to the process it belongs to
+        (`elsewhere`); `txn`, which has sent nothing, then ends silently. What came to a
         worker's own port is that worker's and stays."""
         elsewhere = self.elsewhere
         if elsewhere is None or source.conn == OWN_PORT:
             return False
         ep = self.endpoint
         peer = ep.datagram_peer
-        if peer is None:
+        if peer is None or not elsewhere(req, ep.datagram, peer):
             return False
         if txn is not None:
             ep.layer.forget(txn)
-        elsewhere(ep.datagram, peer)
         return True
 
     def _on_request(self, txn: ServerTransaction | None, req: Request, source: Any) -> None:
@@ -334,15 +337,15 @@ class Pbx:
             leg = self.dialogs.get((req.call_id, to_tag or ""))
             if leg is not None:
                 leg.on_ack(req)
-            elif not self.worker and to_tag != self._stateless_tag:
-                # The daemon: the ACK of a failed call a worker runs (every ACK to the
-                # shared port comes here, appliance/sip/reuseport.py) goes to that worker.
-                self.pass_on(None, source)
+            elif to_tag != self._stateless_tag:
+                # The daemon: the ACK of a call a worker runs (every ACK to the shared port
+                # comes here, appliance/sip/reuseport.py) goes to that worker.
+                self.pass_on(None, req, source)
             return
         if method == "CANCEL":
             invite = txn.cancels
             if invite is None or invite.user_data is None:
-                if self.worker and self.pass_on(txn, source):
+                if self.pass_on(txn, req, source):
                     return  # the INVITE went to the daemon
                 self.reply(txn, 481, "Call/Transaction Does Not Exist")
                 return
@@ -352,8 +355,8 @@ class Pbx:
         if to_tag:
             leg = self.dialogs.get((req.call_id, to_tag))
             if leg is None:
-                if self.worker and self.pass_on(txn, source):
-                    return  # a dialog of the daemon's, reached through the shared port
+                if self.pass_on(txn, req, source):
+                    return  # another process's dialog, reached through the shared port
                 self.reply(txn, 481, "Call/Transaction Does Not Exist")
                 return
             leg.on_request(txn, req)

@@ -70,6 +70,9 @@ class Endpoint:
         # daemon when it is not the process for it (appliance/workers.py).
         self.datagram = b""
         self.datagram_peer: Peer | None = None
+        # b";tag=" + the To tag of our stateless answers (digest challenges): an ACK that
+        # carries it is dropped unparsed, as a stateless UAS ignores it (§8.2.7)
+        self.stateless_ack_mark = b""
 
     async def start(self, bind: str, udp_port: int, tcp_port: int, tls_port: int | None,
                     server_ssl: ssl.SSLContext | None, udp_group: int = 0) -> dict[str, int]:
@@ -156,6 +159,9 @@ class Endpoint:
         if self.trace:
             trace_log.info("<<< %s %s:%s\n%s", peer.transport, peer.host, peer.port,
                            data.decode("utf-8", "replace"))
+        mark = self.stateless_ack_mark
+        if mark and data.startswith(b"ACK ") and mark in data:
+            return
         try:
             msg = parse_message(data, stream=peer.reliable)
         except ParseError as e:

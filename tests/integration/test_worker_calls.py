@@ -141,6 +141,36 @@ def test_a_call_the_worker_runs_uses_its_own_port(box) -> None:
     assert "INFO  appliance.call: call 100" not in log  # the daemon ran no part of it
 
 
+def test_a_phone_using_the_box_as_outbound_proxy_reaches_the_worker_s_dialog(box) -> None:
+    """ACK and BYE sent to the shared port with the worker's port in the Request-URI (a
+    phone set up with an outbound proxy; SIPp does the same): the kernel gives them to
+    the daemon, which hands them to the worker; the 200 to the BYE comes back from the
+    port the BYE went to."""
+    with phone(box, WORKER) as a, phone(box, WORKER) as b:
+        registered(box, b, "101")
+        caller = Caller(box, a, "100", "101")
+        caller.invite()
+        invite = b.recv(5)
+        assert invite is not None and invite.method == "INVITE", invite
+        b.send_to(rawsip.reply(invite, 200, "OK", to_tag="b1", body=rawsip.PHONE_SDP,
+                               contact=f"<sip:101@{HOST}:{b.local[1]}>"), (HOST, box.own_port))
+        ok = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
+        assert ok is not None and ok.status == 200, ok
+        to_tag = re.search(r";tag=([^;]+)", ok.header("to")).group(1)
+        target = f"sip:101@{HOST}:{box.own_port}"
+        a.send(caller.request("ACK", target, cseq=2, to_tag=to_tag))  # to the shared port
+        ack = b.recv(5)
+        assert ack is not None and ack.method == "ACK" and ack.source == (HOST, box.own_port)
+        a.send(caller.request("BYE", target, cseq=3, to_tag=to_tag))
+        bye = b.recv(5)
+        assert bye is not None and bye.method == "BYE" and bye.source == (HOST, box.own_port)
+        b.send_to(rawsip.reply(bye, 200, "OK", to_tag="b1"), (HOST, box.own_port))
+        done = a.recv_final(cseq_method="BYE", call_id=caller.call_id)
+        assert done is not None and done.status == 200 and done.source == (HOST, box.port)
+    box.wait_log("worker 1 appliance.call: call 100 → 101 ended: hangup")
+    assert "INFO  appliance.call: call 100" not in box.log()
+
+
 def test_the_ack_of_a_failed_call_reaches_the_worker_through_the_daemon(box) -> None:
     """Busy callee: the worker answers 486; the caller's ACK goes to the shared port,
     which gives every ACK to the daemon; the daemon hands it to the worker, whose
