@@ -273,16 +273,28 @@ def pss_kb(pid: int) -> int | None:
     return None
 
 
-def udp_drops(port: int) -> int:
-    """Datagrams the kernel dropped for the UDP sockets bound to this port (full buffer)."""
+def udp_drops(port: int, pids: list[int] | None = None) -> int:
+    """Datagrams the kernel dropped (full buffer) for the UDP sockets bound to this port,
+    and with `pids` for every other UDP socket those processes hold (the appliance's
+    workers have a port of their own for their dialogs)."""
+    inodes: set[str] = set()
+    for pid in pids or ():
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
     drops = 0
-    with contextlib.suppress(OSError):
-        with open("/proc/net/udp") as f:
-            next(f)
-            for line in f:
-                parts = line.split()
-                if len(parts) > 12 and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    drops += int(parts[-1])
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 12 and (int(parts[1].rsplit(":", 1)[1], 16) == port
+                                            or parts[9] in inodes):
+                        drops += int(parts[-1])
     return drops
 
 
@@ -710,7 +722,8 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
     # below the open-files limit SIPp checks it against
     limit = min(18000, int(rate * (hold_s + 5)) + 500)
     cpu0 = server.cpu() if server else None
-    drops0 = udp_drops(target_port) if target_port else 0
+    server_pids = server.pids() if server else None
+    drops0 = udp_drops(target_port, server_pids) if target_port else 0
     kids0 = children_cpu()
     table0 = process_cpu_table()
     t0 = time.monotonic()
@@ -737,7 +750,7 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
     ours = {r.proc.pid for r in runs} | {p.pid for p in _live.values()}
     if server and server.proc:
         ours.add(server.proc.pid)
-    drops = udp_drops(target_port) - drops0 if target_port else None
+    drops = udp_drops(target_port, server_pids) - drops0 if target_port else None
     total_out = Outcome()
     for r in runs:
         total_out.add(outcome_of(r, hold_s, seconds))
