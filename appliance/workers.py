@@ -174,6 +174,10 @@ class _EventOutbox:
             self.send(encode_events(events[i:i + _BATCH]))
 
 
+# what `dispatch` need not look into: responses, REGISTER, CANCEL (to the INVITE's URI)
+_NEVER_IN_DIALOG = (b"SIP/2.0 ", b"REGISTER ", b"CANCEL ")
+
+
 def _ruri_port(data: bytes) -> int:
     """The port in the Request-URI of a request datagram ("BYE sip:u@h:p;x SIP/2.0"), 0
     when there is none to be read simply (the parser then has the last word)."""
@@ -410,7 +414,7 @@ class WorkerPool:
         """The daemon's shared port, before parsing: a request whose Request-URI names a
         worker's own port (a phone that sends everything to the box's port, SIPp) goes
         to that worker unparsed; the rest to the daemon's endpoint (`on_datagram`)."""
-        if self._by_own_port and data[:4] != b"SIP/":
+        if self._by_own_port and not data.startswith(_NEVER_IN_DIALOG):
             w = self._by_own_port.get(_ruri_port(data))
             if w is not None and w.channel is not None and not w.channel.closed:
                 w.channel.send(encode_datagram(data, peer.host, peer.port))
