@@ -197,7 +197,6 @@ class Daemon:
             self.workers = WorkerPool(n_workers, self._worker_argv(bind, ports["udp"]),
                                       location, bus, endpoint.transports.on_message, calls)
             if calls:
-                pbx.elsewhere = self.workers.hand_on
                 endpoint.transports.on_message = self.workers.dispatch
             await self.workers.start()
         for sig in (signal.SIGTERM, signal.SIGINT):

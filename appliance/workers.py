@@ -2,10 +2,9 @@
 
 One Python process is one core. With N workers the daemon starts N more processes
 (`python -m appliance.workers`) that bind the same UDP address and port. A program in
-the kernel (appliance/sip/reuseport.py) gives each REGISTER, INVITE and CANCEL to one
-of the N+1 sockets, always the same one for a given phone, and everything else (ACKs,
-responses, other methods) to the daemon. A worker answers REGISTER with the same
-registrar, digest and transaction code as the daemon.
+the kernel (appliance/sip/reuseport.py) gives each request to one of the N+1 sockets,
+always the same one for a given phone, and every response to the daemon. A worker
+answers REGISTER with the same registrar, digest and transaction code as the daemon.
 
 Calls. A worker runs a call with the daemon's call code when it is a plain call
 between two extensions (`Call._stays_here`: over UDP, audio not relayed, callee
@@ -16,14 +15,13 @@ without credentials, since only the daemon knows the addresses a line's host
 resolved to). The daemon answers those from the shared port as if they had come to
 it. A worker's Via and Contact name a port of its own (`Transports.listen_udp_own`),
 so the callee's answers and every request within its dialogs come straight back to
-it; its requests leave from that port. What still reaches the daemon: the ACK of a
-failed INVITE (486, 487, 404 ...), sent to the shared port, which the daemon hands to
-the worker the program gives that phone's INVITEs to (`socket_for`), and requests
-within a worker's dialog that a phone sends to the shared port whatever the Request-URI
-(a phone set up with the box as outbound proxy; SIPp), which go to the worker whose own
-port the Request-URI names. The ACK of a digest challenge, which needs nobody, the
-daemon recognises by the To tag every process shares. Call events (ringing, answered,
-ended, DTMF) go to the daemon's bus. Calls whose phones sit behind NAT stay with the
+it; its requests leave from that port. The caller's ACKs, CANCEL and requests within
+the call come from the phone that sent the INVITE, so they reach the same process
+even when the phone sends them to the shared port (a phone set up with the box as
+outbound proxy; SIPp); a request for a worker's dialog that reaches another process
+(the callee's, through the shared port) goes to the worker whose own port its
+Request-URI names, by way of the daemon. Call events (ringing, answered, ended, DTMF)
+go to the daemon's bus. Calls whose phones sit behind NAT stay with the
 daemon because a NAT box that opened a pinhole for port 5060 may drop what comes
 from the worker's port.
 
@@ -83,8 +81,7 @@ from .bus import (
     ExtensionUnregistered,
 )
 from .pbx.location import Binding, Location
-from .sip.message import ParseError, Request
-from .sip.reuseport import socket_for
+from .sip.message import Request
 from .sip.transaction import OWN_PORT, Peer
 
 log = logging.getLogger("appliance.workers")
@@ -174,6 +171,9 @@ class _EventOutbox:
             self.send(encode_events(events[i:i + _BATCH]))
 
 
+# the requests of a call a worker handles when they come to the shared port
+_CALL_METHODS = (b"INVITE ", b"ACK ", b"CANCEL ", b"BYE ", b"PRACK ", b"UPDATE ", b"INFO ",
+                 b"OPTIONS ")
 # what `dispatch` need not look into: responses, REGISTER, CANCEL (to the INVITE's URI)
 _NEVER_IN_DIALOG = (b"SIP/2.0 ", b"REGISTER ", b"CANCEL ")
 
@@ -411,33 +411,16 @@ class WorkerPool:
                 w.channel.send(b"C")
 
     def dispatch(self, data: bytes, peer: Peer) -> None:
-        """The daemon's shared port, before parsing: a request whose Request-URI names a
-        worker's own port (a phone that sends everything to the box's port, SIPp) goes
-        to that worker unparsed; the rest to the daemon's endpoint (`on_datagram`)."""
+        """What reaches the daemon's shared socket, or a worker hands on, before parsing: a
+        request whose Request-URI names a worker's own port (a request within that
+        worker's dialog, sent to the box's port by a phone that uses it as outbound
+        proxy) goes to that worker unparsed; the rest to the daemon's endpoint."""
         if self._by_own_port and not data.startswith(_NEVER_IN_DIALOG):
             w = self._by_own_port.get(_ruri_port(data))
             if w is not None and w.channel is not None and not w.channel.closed:
                 w.channel.send(encode_datagram(data, peer.host, peer.port))
                 return
         self.on_datagram(data, peer)
-
-    def hand_on(self, req: Request, data: bytes, peer: Peer) -> bool:
-        """A request the daemon has no transaction or dialog for (Pbx.elsewhere): to the
-        worker whose own port its Request-URI names (sent to the shared port, as through
-        an outbound proxy), an ACK else to the worker that gets this phone's INVITEs (the
-        ACK of a failed INVITE goes to the INVITE's Request-URI, §17.1.1.3)."""
-        try:
-            port = getattr(req.ruri, "port", None)
-        except ParseError:
-            port = None
-        w = self._by_own_port.get(port) if port is not None else None
-        if w is None and req.method == "ACK":
-            index = socket_for(peer.host, peer.port, len(self.workers) + 1)
-            w = self.workers[index - 1] if index else None
-        if w is None or w.channel is None or w.channel.closed:
-            return False
-        w.channel.send(encode_datagram(data, peer.host, peer.port))
-        return True
 
     async def stop(self) -> None:
         self._stopping = True
@@ -464,7 +447,10 @@ class WorkerPool:
                 if len(self._peers) >= 4096:
                     self._peers.clear()
                 peer = self._peers[(host, port)] = Peer("udp", host, port)
-            self.on_datagram(data, peer)
+            if w.own_port is not None and _ruri_port(data) == w.own_port:
+                self.on_datagram(data, peer)  # its own dialog, unknown there: answered here
+            else:
+                self.dispatch(data, peer)
         elif kind == b"B":
             self._apply(w.index, decode_ops(msg))
         elif kind == b"E":
@@ -573,13 +559,12 @@ async def serve(args: argparse.Namespace) -> None:
 
     def on_message(datagram: bytes, peer: Peer) -> None:
         # What came to our own port is ours. On the shared port: REGISTER and, when we run
-        # calls, INVITE and CANCEL (RFC 3261 methods are case-sensitive); the rest,
-        # responses included, is the daemon's, unparsed. So are INVITEs while the box
-        # relays the audio of extension calls, which the daemon does.
+        # calls (not while the box relays the audio of extension calls: the daemon does
+        # that), the methods of a call (RFC 3261 methods are case-sensitive); the rest is
+        # the daemon's, unparsed.
         if peer.transport != "udp" or peer.conn == OWN_PORT or datagram.startswith(
-                b"REGISTER ") or (calls and (
-                    datagram.startswith(b"CANCEL ") or (datagram.startswith(b"INVITE ") and not
-                                                         pbx.config.media.relay_extension_calls))):
+                b"REGISTER ") or (calls and datagram.startswith(_CALL_METHODS)
+                                  and not pbx.config.media.relay_extension_calls):
             handle(datagram, peer)
         else:
             hand_on(datagram, peer)
@@ -592,10 +577,11 @@ async def serve(args: argparse.Namespace) -> None:
                        return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():
         return
-    await endpoint.transports.listen_udp(args.bind, args.port, share=True)
-    if calls:
+    if calls:  # first: a call may start with the first datagram on the shared port
         own = await endpoint.transports.listen_udp_own(args.bind)
         channel.send(b"P%d" % own)
+    await endpoint.transports.listen_udp(args.bind, args.port, share=True)
+    if calls:
         log.info("serving REGISTER and calls on udp %s:%d (dialogs on port %d) with %d "
                  "bindings", args.bind, args.port, own, len(location))
     else:

@@ -498,8 +498,25 @@ class Appliance(Server):
         return head + ["run", "--data", str(self.data), "--bind", LOOPBACK,
                        "--sip-port", str(self.port), "--tls-port", str(self.tls_port)]
 
+    def start(self) -> float:
+        """The daemon answers OPTIONS before its workers have joined the port: wait for
+        them too (start-up is measured on the factory configuration, without workers),
+        so that the load finds every process serving."""
+        took = super().start()
+        deadline = time.monotonic() + 20.0
+        while self.workers and time.monotonic() < deadline:
+            err = (self.workdir / "server.err").read_text(errors="replace")
+            if all(f"worker {i} appliance.workers: serving" in err
+                   for i in range(1, self.workers + 1)):
+                break
+            time.sleep(0.05)
+        else:
+            if self.workers:
+                raise RuntimeError(f"{self.label}: workers not serving; see {self.workdir}")
+        return took
+
     def memory_kb(self) -> int:
-        """VmRSS of the daemon, plus its registrar workers' if it has any."""
+        """VmRSS of the daemon, plus its SIP workers' if it has any."""
         assert self.proc is not None
         return sum(status_kb(p, "VmRSS") or 0 for p in self.pids() or [self.proc.pid])
 

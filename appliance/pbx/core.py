@@ -103,11 +103,9 @@ class Pbx:
                                               digest_size=8).hexdigest()
         endpoint.stateless_ack_mark = f";tag={self._stateless_tag}".encode()
         # A SIP worker (appliance/workers.py) runs calls between extensions only, and hands
-        # the rest to the daemon. `elsewhere(request, datagram, source)` takes a request
-        # that is another process's there, False if none wants it: a worker's goes to the
-        # daemon; the daemon's to the worker whose own port the Request-URI names (a phone
-        # that sends everything to the box's port, as an outbound proxy), or an ACK to the
-        # worker that ran the INVITE.
+        # the rest to the daemon: `elsewhere(request, datagram, source)` takes a request
+        # that is not the worker's (False: nobody took it). The daemon hands a worker its
+        # requests before parsing them (WorkerPool.dispatch).
         self.worker = False
         self.elsewhere: Callable[[Request, bytes, Peer], bool] | None = None
         self.user_agent = config.sip.user_agent
@@ -338,9 +336,7 @@ class Pbx:
             if leg is not None:
                 leg.on_ack(req)
             elif to_tag != self._stateless_tag:
-                # The daemon: the ACK of a call a worker runs (every ACK to the shared port
-                # comes here, appliance/sip/reuseport.py) goes to that worker.
-                self.pass_on(None, req, source)
+                self.pass_on(None, req, source)  # a worker's: the daemon's dialog
             return
         if method == "CANCEL":
             invite = txn.cancels

@@ -1,19 +1,21 @@
-"""Several processes on one UDP port (SO_REUSEPORT): phones spread, the rest to one.
+"""Several processes on one UDP port (SO_REUSEPORT): requests by sender, responses to one.
 
 Linux hands a datagram for a port shared with SO_REUSEPORT to one socket of the
 group. By default it picks by a hash of the 4-tuple; `steer` replaces that with a
 classic BPF program (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5) that looks at the first
-bytes of the SIP message: a REGISTER, INVITE or CANCEL goes to socket number (source
-address + source port) mod n, anything else (ACK, OPTIONS, responses, ...) to socket
-0, the daemon's. The choice is the same in every process and after a restart, and
-senders on neighbouring ports spread evenly. A phone keeps its address and port, so
-its REGISTERs reach the same process and their transactions stay whole there (RFC
-3261 §17 matches them per process); an INVITE and the CANCEL for it (same source,
-same Request-URI, §9.1) meet in one process too. What a worker process does with the
-dialogs it starts (its own port in Via and Contact) and with the ACKs that reach the
-daemon is appliance/workers.py's business. Socket numbers follow the order in which
-the sockets joined (the daemon binds first); a number without a socket (a worker
-being restarted) falls back to the kernel's hash.
+bytes of the SIP message: a request goes to socket number (source address + source
+port) mod n, a response ("SIP/2.0 ...") to socket 0, the daemon's. The choice is the
+same in every process and after a restart, and senders on neighbouring ports spread
+evenly. A phone keeps its address and port, so everything it sends reaches the same
+process: its REGISTERs, whose transactions stay whole there (RFC 3261 §17 matches
+them per process), and an INVITE with its CANCEL, ACK and the caller's requests
+within the call, even when the phone sends all of them to the box's port (an
+outbound proxy set up). Responses come back to the port of the request they answer;
+the daemon's requests leave from this port, a worker's from a port of its own. What
+a process does with a request that belongs to another is appliance/workers.py's
+business. Socket numbers follow the order in which the sockets joined (the daemon
+binds first); a number without a socket (a worker being restarted) falls back to the
+kernel's hash.
 """
 
 from __future__ import annotations
@@ -34,9 +36,7 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-_REGI = int.from_bytes(b"REGI", "big")
-_INVI = int.from_bytes(b"INVI", "big")
-_CANC = int.from_bytes(b"CANC", "big")
+_SIP = int.from_bytes(b"SIP/", "big")
 
 
 def program(n: int) -> list[tuple[int, int, int, int]]:
@@ -45,10 +45,8 @@ def program(n: int) -> list[tuple[int, int, int, int]]:
         return (_NET + offset) & 0xFFFFFFFF
     return [
         (0x20, 0, 0, 0),         # ld [0]             the first 4 bytes of the SIP message
-        (0x15, 3, 0, _REGI),     # jeq "REGI", steer  (a shorter datagram ends here: 0)
-        (0x15, 2, 0, _INVI),     # jeq "INVI", steer
-        (0x15, 1, 0, _CANC),     # jeq "CANC", steer
-        (0x06, 0, 0, 0),         # ret #0             anything else: the daemon's socket
+        (0x15, 0, 1, _SIP),      # jeq "SIP/"         (a shorter datagram ends here: 0)
+        (0x06, 0, 0, 0),         # ret #0             a response: the daemon's socket
         (0x30, 0, 0, net(0)),    # steer: ldb [ip]    version and IHL
         (0x74, 0, 0, 4),         # rsh #4             version
         (0x15, 5, 0, 6),         # jeq #6, ipv6       (else IPv4)
@@ -67,8 +65,8 @@ def program(n: int) -> list[tuple[int, int, int, int]]:
 
 
 def socket_for(host: str, port: int, n: int) -> int:
-    """The socket number `program(n)` picks for a sender's REGISTERs, INVITEs and CANCELs
-    (what the daemon hands a stray ACK on to, what tests and the bench expect)."""
+    """The socket number `program(n)` picks for a sender's requests (what the daemon hands
+    a stray ACK on to, what tests and the bench expect)."""
     if ":" in host:
         low = int.from_bytes(socket.inet_pton(socket.AF_INET6, host)[12:], "big")
     else:

@@ -148,7 +148,8 @@ class Transports:
         _, proto = await self.loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
         self._udp[family] = proto
         bound = sock.getsockname()[1]
-        self.local["udp"] = (host, bound)
+        if not self._udp_own:  # a worker's Via and Contact name its own port
+            self.local["udp"] = (host, bound)
         return bound
 
     async def listen_udp_own(self, host: str) -> int:

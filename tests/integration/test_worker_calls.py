@@ -15,8 +15,10 @@ import time
 import pytest
 import yaml
 
+from appliance.sip.reuseport import socket_for
 from tests.integration.test_workers import DAEMON, WORKER, port_on
 from tests.peers import rawsip
+from tests.peers.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -141,40 +143,110 @@ def test_a_call_the_worker_runs_uses_its_own_port(box) -> None:
     assert "INFO  appliance.call: call 100" not in log  # the daemon ran no part of it
 
 
-def test_a_phone_using_the_box_as_outbound_proxy_reaches_the_worker_s_dialog(box) -> None:
+def test_phones_using_the_box_as_outbound_proxy_reach_the_worker_s_dialog(box) -> None:
     """ACK and BYE sent to the shared port with the worker's port in the Request-URI (a
-    phone set up with an outbound proxy; SIPp does the same): the kernel gives them to
-    the daemon, which hands them to the worker; the 200 to the BYE comes back from the
-    port the BYE went to."""
-    with phone(box, WORKER) as a, phone(box, WORKER) as b:
+    phone set up with an outbound proxy; SIPp does the same): the kernel gives the
+    caller's ACK to the worker (its sender); the callee's BYE, from a phone the kernel
+    gives to the daemon, goes to the worker by way of the daemon. Each answer comes
+    from the port its request went to."""
+    with phone(box, WORKER) as a, phone(box, DAEMON) as b:
         registered(box, b, "101")
         caller = Caller(box, a, "100", "101")
         caller.invite()
         invite = b.recv(5)
         assert invite is not None and invite.method == "INVITE", invite
+        # a response goes where the top Via says (§18.2.2): the worker's own port
         b.send_to(rawsip.reply(invite, 200, "OK", to_tag="b1", body=rawsip.PHONE_SDP,
                                contact=f"<sip:101@{HOST}:{b.local[1]}>"), (HOST, box.own_port))
         ok = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
         assert ok is not None and ok.status == 200, ok
         to_tag = re.search(r";tag=([^;]+)", ok.header("to")).group(1)
-        target = f"sip:101@{HOST}:{box.own_port}"
-        a.send(caller.request("ACK", target, cseq=2, to_tag=to_tag))  # to the shared port
+        # the caller's ACK, to the shared port
+        a.send(caller.request("ACK", f"sip:101@{HOST}:{box.own_port}", cseq=2, to_tag=to_tag))
         ack = b.recv(5)
         assert ack is not None and ack.method == "ACK" and ack.source == (HOST, box.own_port)
-        a.send(caller.request("BYE", target, cseq=3, to_tag=to_tag))
-        bye = b.recv(5)
-        assert bye is not None and bye.method == "BYE" and bye.source == (HOST, box.own_port)
-        b.send_to(rawsip.reply(bye, 200, "OK", to_tag="b1"), (HOST, box.own_port))
-        done = a.recv_final(cseq_method="BYE", call_id=caller.call_id)
+
+        # the callee hangs up, through the shared port
+        worker_tag = re.search(r";tag=([^;]+)", invite.header("from")).group(1)
+        bye = (f"BYE sip:100@{HOST}:{box.own_port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {HOST}:{b.local[1]};branch={rawsip.new_branch()};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: {invite.header('to')};tag=b1\r\n"
+               f"To: {invite.header('from')}\r\nCall-ID: {invite.call_id}\r\n"
+               f"CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+        assert worker_tag in bye.decode()
+        b.send(bye)
+        relayed = a.recv(5)
+        assert relayed is not None and relayed.method == "BYE", relayed
+        assert relayed.source == (HOST, box.own_port)
+        a.send_to(rawsip.reply(relayed, 200, "OK", to_tag=to_tag), (HOST, box.own_port))
+        done = b.recv_final(cseq_method="BYE", call_id=invite.call_id)
         assert done is not None and done.status == 200 and done.source == (HOST, box.port)
     box.wait_log("worker 1 appliance.call: call 100 → 101 ended: hangup")
-    assert "INFO  appliance.call: call 100" not in box.log()
+    log = box.log()
+    assert "INFO  appliance.call: call 100" not in log
+    # the daemon received the callee's BYE and handed it on unparsed (its trace has
+    # nothing of it; the worker's has it)
+    bye_in = rf"appliance.sip.trace: <<< udp 127.0.0.1:{b.local[1]}\nBYE "
+    assert re.search("worker 1 " + bye_in, log)
+    assert not re.search("INFO  " + bye_in, log)
 
 
-def test_the_ack_of_a_failed_call_reaches_the_worker_through_the_daemon(box) -> None:
-    """Busy callee: the worker answers 486; the caller's ACK goes to the shared port,
-    which gives every ACK to the daemon; the daemon hands it to the worker, whose
-    transaction then stops resending the 486 (Timer G, from T1 = 0.5 s on)."""
+def test_a_request_for_one_worker_s_dialog_that_reaches_another(daemon_factory) -> None:
+    """Two workers: the callee's phone belongs to one, the call to the other. The
+    callee's BYE to the shared port reaches the first, which does not know the dialog
+    and hands it to the daemon, which hands it to the call's worker (its port is in
+    the Request-URI)."""
+    box = daemon_factory(workers=2, media={"relay_extension_calls": False})
+    box.wait_log("worker 1 appliance.workers: serving REGISTER and calls")
+    box.wait_log("worker 2 appliance.workers: serving REGISTER and calls")
+
+    def port_of(process: int) -> int:
+        while True:
+            port = free_port("udp")
+            if socket_for(HOST, port, 3) == process:
+                return port
+
+    with rawsip.SipClient("udp", (HOST, box.port), local_port=port_of(1)) as a, \
+         rawsip.SipClient("udp", (HOST, box.port), local_port=port_of(2)) as b:
+        registered(box, b, "101")
+        caller = Caller(box, a, "100", "101")
+        caller.invite()
+        invite = b.recv(5)
+        assert invite is not None and invite.method == "INVITE", invite
+        # sockets 1 and 2 are the workers in the order they joined the port: the caller's
+        # worker is the one whose own port sent this
+        own = invite.source[1]
+        assert own != box.port and f"(dialogs on port {own})" in box.log()
+        b.send_to(rawsip.reply(invite, 200, "OK", to_tag="b1", body=rawsip.PHONE_SDP,
+                               contact=f"<sip:101@{HOST}:{b.local[1]}>"), (HOST, own))
+        ok = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
+        assert ok is not None and ok.status == 200, ok
+        to_tag = re.search(r";tag=([^;]+)", ok.header("to")).group(1)
+        a.send_to(caller.request("ACK", f"sip:101@{HOST}:{own}", cseq=2, to_tag=to_tag),
+                  (HOST, own))
+        assert b.recv(5).method == "ACK"
+        bye = (f"BYE sip:100@{HOST}:{own} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {HOST}:{b.local[1]};branch={rawsip.new_branch()};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: {invite.header('to')};tag=b1\r\n"
+               f"To: {invite.header('from')}\r\nCall-ID: {invite.call_id}\r\n"
+               f"CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+        b.send(bye)  # to the shared port
+        relayed = a.recv(5)
+        assert relayed is not None and relayed.method == "BYE" and relayed.source == (HOST, own)
+        a.send_to(rawsip.reply(relayed, 200, "OK", to_tag=to_tag), (HOST, own))
+        done = b.recv_final(cseq_method="BYE", call_id=invite.call_id)
+        assert done is not None and done.status == 200, done
+    box.wait_log("appliance.call: call 100 → 101 ended: hangup")
+    bye_in = rf"appliance.sip.trace: <<< udp 127.0.0.1:{b.local[1]}\nBYE "
+    log = box.log()
+    assert re.search("worker 2 " + bye_in, log) and re.search("worker 1 " + bye_in, log)
+    assert not re.search("INFO  " + bye_in, log)  # the daemon only handed it on
+
+
+def test_the_ack_of_a_failed_call_reaches_the_worker(box) -> None:
+    """Busy callee: the worker answers 486; the caller's ACK goes to the shared port and
+    the kernel gives it to the worker (the same sender as the INVITE), whose transaction
+    then stops resending the 486 (Timer G, from T1 = 0.5 s on)."""
     with phone(box, WORKER) as a, phone(box, WORKER) as b:
         registered(box, b, "101")
         caller = Caller(box, a, "100", "101")
@@ -188,9 +260,9 @@ def test_the_ack_of_a_failed_call_reaches_the_worker_through_the_daemon(box) -> 
         later = a.recv_all(2.5)
         assert not [m for m in later if m.status == 486], [m.start_line for m in later]
     box.wait_log("worker 1 appliance.call: call 100 → 101 ended: busy")
-    # the daemon saw the ACK (its trace) and kept no part of it
-    assert re.search(r"INFO  appliance.sip.trace: <<< udp 127.0.0.1:\d+\nACK sip:101@",
-                     box.log())
+    ack = rf"appliance.sip.trace: <<< udp 127.0.0.1:{a.local[1]}\nACK sip:101@"
+    assert re.search("worker 1 " + ack, box.log())
+    assert not re.search("INFO  " + ack, box.log())  # not by way of the daemon
 
 
 def test_a_cancelled_call_in_the_worker(box) -> None:
