@@ -88,7 +88,7 @@ class Settings:
     memory_contacts: int = 10_000
     memory_reg_rate: int = 1000       # moderate: well inside what the daemon sustains
     kamailio_workers: int = 2         # UDP worker processes (-n)
-    # The daemon's registrar workers (sip.workers) in the throughput sections: 1 = two
+    # The daemon's SIP workers (sip.workers) in the throughput sections: 1 = two
     # processes on the SIP port, as Kamailio's two; memory and start-up use the factory 0.
     appliance_workers: int = 1
     kamailio_shm_mb: int = 1024       # 128 MB runs out of transactions at 1,000 calls/s
@@ -1026,7 +1026,7 @@ class Bench:
                 server.stop()
         res["kamailio_measure"] = ("sum of Pss over its processes "
                                    f"({self.s.kamailio_workers} UDP workers + helpers)")
-        res["appliance_measure"] = "VmRSS of the daemon, plus its registrar workers if any"
+        res["appliance_measure"] = "VmRSS of the daemon, plus its SIP workers if any"
         self.results["memory"] = res
 
     # startup ---------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ class Location:
         self.path = path
         self._bindings: dict[str, dict[str, Binding]] = {}
         self.dirty = False       # a binding came, went or moved: save within a second
-        # Told of every put/remove (not of expiry): registrar workers keep in step by it.
+        # Told of every put/remove (not of expiry): SIP workers keep in step by it.
         self.on_change: Callable[[list[Any]], None] | None = None
         self.refreshed = False   # only refreshes since the last save: they can wait
         self._saved_at = time.monotonic()

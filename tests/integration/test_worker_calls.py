@@ -380,3 +380,29 @@ def test_a_changed_config_yaml_leaves_a_worker_s_call_up(box) -> None:
         done = a.recv_final(cseq_method="BYE", call_id=caller.call_id)
         assert done is not None and done.status == 200, done
     assert box.log().count("worker 1 started") == 1  # not restarted
+
+
+def test_a_redirect_the_worker_cannot_follow_reaches_the_caller(daemon_factory) -> None:
+    """The callee answers 302 towards 102, who forwards when busy: a worker rings only
+    extensions without forwarding, so the caller gets the 302 and its Contact (RFC 3261
+    §8.1.3.4: the caller may follow it); the daemon would have followed it."""
+    box = daemon_factory(workers=1, media={"relay_extension_calls": False},
+                         extensions={"102": {"forward": {"busy": "103"}}})
+    box.wait_log("worker 1 appliance.workers: serving REGISTER and calls")
+    with phone(box, WORKER) as a, phone(box, WORKER) as b:
+        registered(box, b, "101")
+        caller = Caller(box, a, "100", "101")
+        branch = caller.invite()
+        invite = b.recv(5)
+        assert invite is not None and invite.method == "INVITE", invite
+        own = invite.source
+        assert own[1] != box.port  # the worker runs it
+        moved = rawsip.reply(invite, 302, "Moved Temporarily", to_tag="b1",
+                             contact=f"<sip:102@{HOST}>")
+        b.send_to(moved, own)
+        final = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
+        assert final is not None and final.status == 302, final
+        assert final.header("contact") == f"<sip:102@{HOST}>"
+        a.send(caller.ack_for(final, branch))
+    box.wait_log("worker 1 appliance.call: call 100 → 101 ended")
+    assert "forwards to 102" not in box.log()
