@@ -13,7 +13,9 @@ unparsed or, once parsed, with its transaction forgotten (carriers, rooms, featu
 codes, lines, relayed audio; with lines or trunks configured also every INVITE
 without credentials, since only the daemon knows the addresses a line's host
 resolved to). The daemon answers those from the shared port as if they had come to
-it. A worker's Via and Contact name a port of its own (`Transports.listen_udp_own`),
+it. Once a worker runs a call it keeps it: a callee's redirect (3xx) to a number the
+worker would not ring goes to the caller, whose phone may follow it (the daemon would
+follow it itself). A worker's Via and Contact name a port of its own (`Transports.listen_udp_own`),
 so the callee's answers and every request within its dialogs come straight back to
 it; its requests leave from that port. The caller's ACKs, CANCEL and requests within
 the call come from the phone that sent the INVITE, so they reach the same process
