@@ -86,7 +86,7 @@ class Caller:
 
     def ack_for(self, final: rawsip.SipMessage, branch: str) -> bytes:
         """ACK of a non-2xx final: same branch, to the Request-URI (§17.1.1.3)."""
-        to_tag = re.search(r";tag=([^;]+)", final.header("to")).group(1)
+        to_tag = tag_of(final.header("to"))
         return self.request("ACK", self.uri, cseq=final_cseq(final), to_tag=to_tag,
                             branch=branch)
 
@@ -104,28 +104,57 @@ def via_port(msg: rawsip.SipMessage) -> int:
     return int(re.search(r"SIP/2.0/UDP [\d.]+:(\d+)", msg.header("via")).group(1))
 
 
+def tag_of(value: str) -> str:
+    return re.search(r";tag=([^;]+)", value).group(1)
+
+
+def ring(box, a: rawsip.SipClient, b: rawsip.SipClient) -> tuple[Caller, rawsip.SipMessage,
+                                                                   str]:
+    """101 registers from `b`; 100 calls it from `a`: (the caller, the INVITE `b` got, the
+    branch of the caller's INVITE)."""
+    registered(box, b, "101")
+    caller = Caller(box, a, "100", "101")
+    branch = caller.invite()
+    invite = b.recv(5)
+    assert invite is not None and invite.method == "INVITE", invite
+    return caller, invite, branch
+
+
+def answer(a: rawsip.SipClient, b: rawsip.SipClient, caller: Caller,
+           invite: rawsip.SipMessage, to: tuple[str, int]) -> rawsip.SipMessage:
+    """`b` answers 200 with SDP, sent to `to`; the 200 the caller gets."""
+    b.send_to(rawsip.reply(invite, 200, "OK", to_tag="b1", body=rawsip.PHONE_SDP,
+                           contact=f"<sip:101@{HOST}:{b.local[1]}>"), to)
+    ok = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
+    assert ok is not None and ok.status == 200, ok
+    return ok
+
+
+def callee_bye(b: rawsip.SipClient, invite: rawsip.SipMessage, port: int) -> bytes:
+    """The callee's BYE in the dialog of `invite`, to the Contact port `port`."""
+    return (f"BYE sip:100@{HOST}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {HOST}:{b.local[1]};branch={rawsip.new_branch()};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: {invite.header('to')};tag=b1\r\n"
+            f"To: {invite.header('from')}\r\nCall-ID: {invite.call_id}\r\n"
+            f"CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+
+
 def test_a_call_the_worker_runs_uses_its_own_port(box) -> None:
     with phone(box, WORKER) as a, phone(box, DAEMON) as b:
-        registered(box, b, "101")  # through the daemon: the worker knows it from the daemon
-        caller = Caller(box, a, "100", "101")
-        caller.invite()
-        invite = b.recv(5)
-        assert invite is not None and invite.method == "INVITE", invite
+        # 101 registers through the daemon: the worker knows it from the daemon
+        caller, invite, _ = ring(box, a, b)
         own = box.own_port
         assert own != box.port
         # The worker's INVITE: from its own port, naming it in Via and Contact.
         assert invite.source == (HOST, own)
         assert via_port(invite) == own and remote_target(invite) == (HOST, own)
         b.send_to(rawsip.reply(invite, 180, "Ringing", to_tag="b1"), (HOST, own))
-        b.send_to(rawsip.reply(invite, 200, "OK", to_tag="b1", body=rawsip.PHONE_SDP,
-                               contact=f"<sip:101@{HOST}:{b.local[1]}>"), (HOST, own))
-        ok = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
-        assert ok is not None and ok.status == 200, ok
+        ok = answer(a, b, caller, invite, (HOST, own))
         # Answers to the caller's INVITE leave from the port it was sent to (§18.2.2);
         # the dialog's remote target is the worker's own port.
         assert ok.source == (HOST, box.port)
         assert remote_target(ok) == (HOST, own)
-        to_tag = re.search(r";tag=([^;]+)", ok.header("to")).group(1)
+        to_tag = tag_of(ok.header("to"))
         target = f"sip:101@{HOST}:{own}"
         a.send_to(caller.request("ACK", target, cseq=2, to_tag=to_tag), (HOST, own))
         ack = b.recv(5)
@@ -150,30 +179,18 @@ def test_phones_using_the_box_as_outbound_proxy_reach_the_worker_s_dialog(box) -
     gives to the daemon, goes to the worker by way of the daemon. Each answer comes
     from the port its request went to."""
     with phone(box, WORKER) as a, phone(box, DAEMON) as b:
-        registered(box, b, "101")
-        caller = Caller(box, a, "100", "101")
-        caller.invite()
-        invite = b.recv(5)
-        assert invite is not None and invite.method == "INVITE", invite
+        caller, invite, _ = ring(box, a, b)
         # a response goes where the top Via says (§18.2.2): the worker's own port
-        b.send_to(rawsip.reply(invite, 200, "OK", to_tag="b1", body=rawsip.PHONE_SDP,
-                               contact=f"<sip:101@{HOST}:{b.local[1]}>"), (HOST, box.own_port))
-        ok = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
-        assert ok is not None and ok.status == 200, ok
-        to_tag = re.search(r";tag=([^;]+)", ok.header("to")).group(1)
+        ok = answer(a, b, caller, invite, (HOST, box.own_port))
+        to_tag = tag_of(ok.header("to"))
         # the caller's ACK, to the shared port
         a.send(caller.request("ACK", f"sip:101@{HOST}:{box.own_port}", cseq=2, to_tag=to_tag))
         ack = b.recv(5)
         assert ack is not None and ack.method == "ACK" and ack.source == (HOST, box.own_port)
 
         # the callee hangs up, through the shared port
-        worker_tag = re.search(r";tag=([^;]+)", invite.header("from")).group(1)
-        bye = (f"BYE sip:100@{HOST}:{box.own_port} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP {HOST}:{b.local[1]};branch={rawsip.new_branch()};rport\r\n"
-               f"Max-Forwards: 70\r\nFrom: {invite.header('to')};tag=b1\r\n"
-               f"To: {invite.header('from')}\r\nCall-ID: {invite.call_id}\r\n"
-               f"CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
-        assert worker_tag in bye.decode()
+        bye = callee_bye(b, invite, box.own_port)
+        assert tag_of(invite.header("from")) in bye.decode()
         b.send(bye)
         relayed = a.recv(5)
         assert relayed is not None and relayed.method == "BYE", relayed
@@ -208,28 +225,17 @@ def test_a_request_for_one_worker_s_dialog_that_reaches_another(daemon_factory) 
 
     with rawsip.SipClient("udp", (HOST, box.port), local_port=port_of(1)) as a, \
          rawsip.SipClient("udp", (HOST, box.port), local_port=port_of(2)) as b:
-        registered(box, b, "101")
-        caller = Caller(box, a, "100", "101")
-        caller.invite()
-        invite = b.recv(5)
-        assert invite is not None and invite.method == "INVITE", invite
+        caller, invite, _ = ring(box, a, b)
         # sockets 1 and 2 are the workers in the order they joined the port: the caller's
         # worker is the one whose own port sent this
         own = invite.source[1]
         assert own != box.port and f"(dialogs on port {own})" in box.log()
-        b.send_to(rawsip.reply(invite, 200, "OK", to_tag="b1", body=rawsip.PHONE_SDP,
-                               contact=f"<sip:101@{HOST}:{b.local[1]}>"), (HOST, own))
-        ok = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
-        assert ok is not None and ok.status == 200, ok
-        to_tag = re.search(r";tag=([^;]+)", ok.header("to")).group(1)
+        ok = answer(a, b, caller, invite, (HOST, own))
+        to_tag = tag_of(ok.header("to"))
         a.send_to(caller.request("ACK", f"sip:101@{HOST}:{own}", cseq=2, to_tag=to_tag),
                   (HOST, own))
         assert b.recv(5).method == "ACK"
-        bye = (f"BYE sip:100@{HOST}:{own} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP {HOST}:{b.local[1]};branch={rawsip.new_branch()};rport\r\n"
-               f"Max-Forwards: 70\r\nFrom: {invite.header('to')};tag=b1\r\n"
-               f"To: {invite.header('from')}\r\nCall-ID: {invite.call_id}\r\n"
-               f"CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+        bye = callee_bye(b, invite, own)
         b.send(bye)  # to the shared port
         relayed = a.recv(5)
         assert relayed is not None and relayed.method == "BYE" and relayed.source == (HOST, own)
@@ -248,11 +254,7 @@ def test_the_ack_of_a_failed_call_reaches_the_worker(box) -> None:
     the kernel gives it to the worker (the same sender as the INVITE), whose transaction
     then stops resending the 486 (Timer G, from T1 = 0.5 s on)."""
     with phone(box, WORKER) as a, phone(box, WORKER) as b:
-        registered(box, b, "101")
-        caller = Caller(box, a, "100", "101")
-        branch = caller.invite()
-        invite = b.recv(5)
-        assert invite is not None and invite.method == "INVITE", invite
+        caller, invite, branch = ring(box, a, b)
         b.send_to(rawsip.reply(invite, 486, "Busy Here", to_tag="b1"), (HOST, box.own_port))
         busy = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
         assert busy is not None and busy.status == 486, busy
@@ -267,11 +269,7 @@ def test_the_ack_of_a_failed_call_reaches_the_worker(box) -> None:
 
 def test_a_cancelled_call_in_the_worker(box) -> None:
     with phone(box, WORKER) as a, phone(box, WORKER) as b:
-        registered(box, b, "101")
-        caller = Caller(box, a, "100", "101")
-        branch = caller.invite()
-        invite = b.recv(5)
-        assert invite is not None and invite.method == "INVITE", invite
+        caller, invite, branch = ring(box, a, b)
         b.send_to(rawsip.reply(invite, 180, "Ringing", to_tag="b1"), (HOST, box.own_port))
         ringing = a.recv(5)
         while ringing is not None and ringing.status != 180:
@@ -301,17 +299,11 @@ def test_calls_a_worker_does_not_run_go_to_the_daemon(daemon_factory) -> None:
                          extensions={"101": {"forward": {"busy": "102"}}})
     box.wait_log("worker 1 appliance.workers: serving REGISTER and calls")
     with phone(box, WORKER) as a, phone(box, WORKER) as b:
-        registered(box, b, "101")
-        caller = Caller(box, a, "100", "101")
-        caller.invite()
-        invite = b.recv(5)
-        assert invite is not None and invite.method == "INVITE", invite
+        caller, invite, _ = ring(box, a, b)
         assert invite.source == (HOST, box.port) and via_port(invite) == box.port
-        b.send(rawsip.reply(invite, 200, "OK", to_tag="b1", body=rawsip.PHONE_SDP,
-                            contact=f"<sip:101@{HOST}:{b.local[1]}>"))
-        ok = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
-        assert ok is not None and ok.status == 200 and remote_target(ok) == (HOST, box.port)
-        to_tag = re.search(r";tag=([^;]+)", ok.header("to")).group(1)
+        ok = answer(a, b, caller, invite, (HOST, box.port))
+        assert remote_target(ok) == (HOST, box.port)
+        to_tag = tag_of(ok.header("to"))
         a.send(caller.request("ACK", f"sip:101@{HOST}:{box.port}", cseq=2, to_tag=to_tag))
         assert b.recv(5).method == "ACK"
         a.send(caller.request("BYE", f"sip:101@{HOST}:{box.port}", cseq=3, to_tag=to_tag))
@@ -324,16 +316,8 @@ def test_calls_a_worker_does_not_run_go_to_the_daemon(daemon_factory) -> None:
 
 def answered_call(box, a: rawsip.SipClient, b: rawsip.SipClient) -> tuple[Caller, str]:
     """100 calls 101 through the worker; 101 answers; the caller ACKs. (caller, To tag)"""
-    registered(box, b, "101")
-    caller = Caller(box, a, "100", "101")
-    caller.invite()
-    invite = b.recv(5)
-    assert invite is not None and invite.method == "INVITE", invite
-    b.send_to(rawsip.reply(invite, 200, "OK", to_tag="b1", body=rawsip.PHONE_SDP,
-                           contact=f"<sip:101@{HOST}:{b.local[1]}>"), (HOST, box.own_port))
-    ok = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
-    assert ok is not None and ok.status == 200, ok
-    to_tag = re.search(r";tag=([^;]+)", ok.header("to")).group(1)
+    caller, invite, _ = ring(box, a, b)
+    to_tag = tag_of(answer(a, b, caller, invite, (HOST, box.own_port)).header("to"))
     a.send_to(caller.request("ACK", f"sip:101@{HOST}:{box.own_port}", cseq=2, to_tag=to_tag),
               (HOST, box.own_port))
     assert b.recv(5).method == "ACK"
@@ -390,11 +374,7 @@ def test_a_redirect_the_worker_cannot_follow_reaches_the_caller(daemon_factory) 
                          extensions={"102": {"forward": {"busy": "103"}}})
     box.wait_log("worker 1 appliance.workers: serving REGISTER and calls")
     with phone(box, WORKER) as a, phone(box, WORKER) as b:
-        registered(box, b, "101")
-        caller = Caller(box, a, "100", "101")
-        branch = caller.invite()
-        invite = b.recv(5)
-        assert invite is not None and invite.method == "INVITE", invite
+        caller, invite, branch = ring(box, a, b)
         own = invite.source
         assert own[1] != box.port  # the worker runs it
         moved = rawsip.reply(invite, 302, "Moved Temporarily", to_tag="b1",
