@@ -15,9 +15,9 @@ without credentials, since only the daemon knows the addresses a line's host
 resolved to). The daemon answers those from the shared port as if they had come to
 it. Once a worker runs a call it keeps it: a callee's redirect (3xx) to a number the
 worker would not ring goes to the caller, whose phone may follow it (the daemon would
-follow it itself). A worker's Via and Contact name a port of its own (`Transports.listen_udp_own`),
-so the callee's answers and every request within its dialogs come straight back to
-it; its requests leave from that port. The caller's ACKs, CANCEL and requests within
+follow it itself). A worker's Via and Contact name a port of its own
+(`Transports.listen_udp_own`), so the callee's answers and every request within its
+dialogs come straight back to it; its requests leave from that port. The caller's ACKs, CANCEL and requests within
 the call come from the phone that sent the INVITE, so they reach the same process
 even when the phone sends them to the shared port (a phone set up with the box as
 outbound proxy; SIPp); a request for a worker's dialog that reaches another process
@@ -352,7 +352,6 @@ class WorkerPool:
                  on_datagram: Callable[[bytes, Peer], None], calls: bool = False) -> None:
         # the worker command line, without --fd and --index
         self.argv = [*argv, "--calls"] if calls else argv
-        self.calls = calls
         self.location = location
         self.bus = bus
         self.on_datagram = on_datagram
@@ -561,12 +560,13 @@ async def serve(args: argparse.Namespace) -> None:
 
     def on_message(datagram: bytes, peer: Peer) -> None:
         # What came to our own port is ours. On the shared port: REGISTER and, when we run
-        # calls (not while the box relays the audio of extension calls: the daemon does
-        # that), the methods of a call (RFC 3261 methods are case-sensitive); the rest is
-        # the daemon's, unparsed.
+        # calls, the methods of a call (RFC 3261 methods are case-sensitive), but not a
+        # new INVITE while the box relays the audio of extension calls (the daemon does
+        # that); the rest is the daemon's, unparsed.
         if peer.transport != "udp" or peer.conn == OWN_PORT or datagram.startswith(
-                b"REGISTER ") or (calls and datagram.startswith(_CALL_METHODS)
-                                  and not pbx.config.media.relay_extension_calls):
+                b"REGISTER ") or (calls and datagram.startswith(_CALL_METHODS) and not (
+                    datagram.startswith(b"INVITE ") and pbx.config.media.relay_extension_calls
+                    and _ruri_port(datagram) != own)):
             handle(datagram, peer)
         else:
             hand_on(datagram, peer)
@@ -579,6 +579,7 @@ async def serve(args: argparse.Namespace) -> None:
                        return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():
         return
+    own = 0
     if calls:  # first: a call may start with the first datagram on the shared port
         own = await endpoint.transports.listen_udp_own(args.bind)
         channel.send(b"P%d" % own)
