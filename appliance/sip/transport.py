@@ -99,6 +99,19 @@ class _Stream(asyncio.Protocol):
         self.owner._unregister(self)
 
 
+def _udp_socket(host: str) -> tuple[int, socket.socket]:
+    """A UDP socket for `host`'s family with 4 MB buffers (as far as net.core.*mem_max
+    allows): a burst waits in the kernel instead of being dropped."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, 4 << 20)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        except OSError:
+            pass
+    return family, sock
+
+
 class Transports:
     """The daemon's SIP sockets and its table of stream connections."""
 
@@ -126,16 +139,10 @@ class Transports:
         """Bind UDP. `share`: join the port's SO_REUSEPORT group (a SIP worker);
         `steer`: found the group and keep each sender to one of its `steer` sockets
         (appliance/sip/reuseport.py)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        family, sock = _udp_socket(host)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if share or steer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, 4 << 20)):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, size)
-            except OSError:
-                pass
         sock.bind((host, port))
         if steer:
             try:
@@ -158,13 +165,7 @@ class Transports:
         dialogs come back to this process, not to whichever the kernel picks on the
         shared port. Requests leave from it; responses leave from the port their request
         came to (§18.2.2)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        for opt, size in ((socket.SO_RCVBUF, 4 << 20), (socket.SO_SNDBUF, 4 << 20)):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, size)
-            except OSError:
-                pass
+        family, sock = _udp_socket(host)
         sock.bind((host, 0))
         sock.setblocking(False)
         _, proto = await self.loop.create_datagram_endpoint(lambda: _Udp(self, OWN_PORT),
