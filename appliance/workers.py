@@ -83,7 +83,6 @@ from .bus import (
     ExtensionUnregistered,
 )
 from .pbx.location import Binding, Location
-from .sip.message import Request
 from .sip.transaction import OWN_PORT, Peer
 
 log = logging.getLogger("appliance.workers")
@@ -547,9 +546,12 @@ async def serve(args: argparse.Namespace) -> None:
     def hand_on(datagram: bytes, peer: Peer) -> None:
         channel.send(encode_datagram(datagram, peer.host, peer.port))
 
-    def to_daemon(req: Request, datagram: bytes, peer: Peer) -> bool:
-        hand_on(datagram, peer)
-        return True
+    # the datagram being handled: what Pbx.pass_on hands to the daemon
+    current: tuple[bytes, Peer] | None = None
+
+    def to_daemon() -> None:
+        if current is not None:
+            hand_on(*current)
 
     calls = bool(args.calls)
     if calls:
@@ -559,6 +561,7 @@ async def serve(args: argparse.Namespace) -> None:
             bus.subscribe(kind, events.add)
 
     def on_message(datagram: bytes, peer: Peer) -> None:
+        nonlocal current
         # What came to our own port is ours. On the shared port: REGISTER and, when we run
         # calls, the methods of a call (RFC 3261 methods are case-sensitive), but not a
         # new INVITE while the box relays the audio of extension calls (the daemon does
@@ -567,7 +570,11 @@ async def serve(args: argparse.Namespace) -> None:
                 b"REGISTER ") or (calls and datagram.startswith(_CALL_METHODS) and not (
                     datagram.startswith(b"INVITE ") and pbx.config.media.relay_extension_calls
                     and _ruri_port(datagram) != own)):
-            handle(datagram, peer)
+            current = (datagram, peer)
+            try:
+                handle(datagram, peer)
+            finally:
+                current = None
         else:
             hand_on(datagram, peer)
 

@@ -360,8 +360,8 @@ class Call:
             return
         number = self._dialled_number(req)
         carrier = pbx.carrier_of(self.a_source, req)
-        if pbx.worker and not self._worker_may_answer(carrier) and pbx.pass_on(
-                txn, req, self.a_source):
+        if pbx.worker and not self._worker_may_answer(carrier) and pbx.pass_on(txn,
+                                                                              self.a_source):
             return
         if carrier is not None:
             self.origin, self.origin_name, conf = carrier
@@ -393,8 +393,7 @@ class Call:
             self.caller = user
             self.caller_name = pbx.config.extensions[user].name or None
             dest = route(pbx.config, number or "")
-            if pbx.worker and not self._stays_here(dest) and pbx.pass_on(txn, req,
-                                                                          self.a_source):
+            if pbx.worker and not self._stays_here(dest) and pbx.pass_on(txn, self.a_source):
                 return
         if dest is not None and dest.kind == "feature":
             if self.origin == "extension":

@@ -103,11 +103,11 @@ class Pbx:
                                               digest_size=8).hexdigest()
         endpoint.stateless_ack_mark = f";tag={self._stateless_tag}".encode()
         # A SIP worker (appliance/workers.py) runs calls between extensions only, and hands
-        # the rest to the daemon: `elsewhere(request, datagram, source)` takes a request
-        # that is not the worker's (False: nobody took it). The daemon hands a worker its
-        # requests before parsing them (WorkerPool.dispatch).
+        # the rest to the daemon: `elsewhere()` hands it the datagram being handled, as it
+        # arrived. The daemon hands a worker its requests before parsing them
+        # (WorkerPool.dispatch).
         self.worker = False
-        self.elsewhere: Callable[[Request, bytes, Peer], bool] | None = None
+        self.elsewhere: Callable[[], None] | None = None
         self.user_agent = config.sip.user_agent
         self.allow = ALLOW
         self.pending_byes: set[PendingBye] = set()
@@ -313,19 +313,16 @@ class Pbx:
         leg = self.dialogs.get((resp.call_id, resp.from_.tag or ""))
         return leg
 
-    def pass_on(self, txn: ServerTransaction | None, req: Request, source: Peer) -> bool:
-        """Hand the request being handled, as it arrived, to the process it belongs to
-        (`elsewhere`); `txn`, which has sent nothing, then ends silently. What came to a
-        worker's own port is that worker's and stays."""
+    def pass_on(self, txn: ServerTransaction | None, source: Peer) -> bool:
+        """Hand the request being handled to the daemon (`elsewhere`, a worker's); `txn`,
+        which has sent nothing, ends silently. What came to a worker's own port is that
+        worker's and stays."""
         elsewhere = self.elsewhere
         if elsewhere is None or source.conn == OWN_PORT:
             return False
-        ep = self.endpoint
-        peer = ep.datagram_peer
-        if peer is None or not elsewhere(req, ep.datagram, peer):
-            return False
         if txn is not None:
-            ep.layer.forget(txn)
+            self.endpoint.layer.forget(txn)
+        elsewhere()
         return True
 
     def _on_request(self, txn: ServerTransaction | None, req: Request, source: Any) -> None:
@@ -336,12 +333,12 @@ class Pbx:
             if leg is not None:
                 leg.on_ack(req)
             elif to_tag != self._stateless_tag:
-                self.pass_on(None, req, source)  # a worker's: the daemon's dialog
+                self.pass_on(None, source)  # a worker's: the daemon's dialog
             return
         if method == "CANCEL":
             invite = txn.cancels
             if invite is None or invite.user_data is None:
-                if self.pass_on(txn, req, source):
+                if self.pass_on(txn, source):
                     return  # the INVITE went to the daemon
                 self.reply(txn, 481, "Call/Transaction Does Not Exist")
                 return
@@ -351,7 +348,7 @@ class Pbx:
         if to_tag:
             leg = self.dialogs.get((req.call_id, to_tag))
             if leg is None:
-                if self.pass_on(txn, req, source):
+                if self.pass_on(txn, source):
                     return  # another process's dialog, reached through the shared port
                 self.reply(txn, 481, "Call/Transaction Does Not Exist")
                 return

@@ -66,10 +66,6 @@ class Endpoint:
         self._local_ip_cache: dict[str, str] = {}
         self.on_idle: Callable[[], None] | None = None
         self.received = 0   # messages in (the daemon's idle detection)
-        # The message being handled, as it arrived: what a SIP worker hands on to the
-        # daemon when it is not the process for it (appliance/workers.py).
-        self.datagram = b""
-        self.datagram_peer: Peer | None = None
         # b";tag=" + the To tag of our stateless answers (digest challenges): an ACK that
         # carries it is dropped unparsed, as a stateless UAS ignores it (§8.2.7)
         self.stateless_ack_mark = b""
@@ -154,8 +150,6 @@ class Endpoint:
     # -- receiving ----------------------------------------------------------------
     def _on_bytes(self, data: bytes, peer: Peer) -> None:
         self.received += 1
-        self.datagram = data
-        self.datagram_peer = peer
         if self.trace:
             trace_log.info("<<< %s %s:%s\n%s", peer.transport, peer.host, peer.port,
                            data.decode("utf-8", "replace"))

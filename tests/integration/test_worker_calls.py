@@ -86,9 +86,8 @@ class Caller:
 
     def ack_for(self, final: rawsip.SipMessage, branch: str) -> bytes:
         """ACK of a non-2xx final: same branch, to the Request-URI (§17.1.1.3)."""
-        to_tag = tag_of(final.header("to"))
-        return self.request("ACK", self.uri, cseq=final_cseq(final), to_tag=to_tag,
-                            branch=branch)
+        return self.request("ACK", self.uri, cseq=final_cseq(final),
+                            to_tag=tag_of(final.header("to")), branch=branch)
 
 
 def final_cseq(msg: rawsip.SipMessage) -> int:
