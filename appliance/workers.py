@@ -304,7 +304,8 @@ class _Outbox:
         self.ops: list[Op] = []
         self.refreshes: dict[tuple[str, str], Op] = {}
 
-    def add(self, op: Op) -> None:
+    def add(self, op: Op, at_once: bool = False) -> None:
+        """`at_once`: send it (with any waiting) now, not at the end of the loop's turn."""
         kind, aor = op[0], op[1]
         if kind == "ref":
             if not self.refreshes:
@@ -317,11 +318,15 @@ class _Outbox:
                     del self.refreshes[key]
             else:
                 self.refreshes.pop((aor, op[2].contact if kind == "put" else op[2]), None)
-        if not self.ops:
-            asyncio.get_running_loop().call_soon(self.flush)
         self.ops.append(op)
+        if at_once:
+            self.flush()
+        elif len(self.ops) == 1:
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        if not self.ops:
+            return
         ops, self.ops = self.ops, []
         for msg in encode_ops(ops):
             self.send(msg)
@@ -470,13 +475,18 @@ class WorkerPool:
             apply_ops(self.location, ops, self.bus.publish)
         finally:
             self._origin = None
+            for w in self.workers:
+                if w.outbox is not None and w.channel is not None and not w.channel.closed:
+                    w.outbox.flush()
 
     def _changed(self, op: Op) -> None:
-        """A change to the daemon's bindings: every worker but the one it came from."""
+        """A change to the daemon's bindings: every worker but the one it came from. One
+        the daemon made itself goes at once, before the daemon's 200 to the REGISTER; a
+        worker's batch goes on when all of it is applied (`_apply`)."""
         for w in self.workers:
             if w.index != self._origin and w.outbox is not None and w.channel is not None \
                     and not w.channel.closed:
-                w.outbox.add(op)
+                w.outbox.add(op, at_once=self._origin is None)
 
 
 # -- the worker's side -----------------------------------------------------------------
@@ -538,8 +548,11 @@ async def serve(args: argparse.Namespace) -> None:
     outbox = _Outbox(channel.send)
 
     def changed(op: Op) -> None:
+        # A new, moved or removed binding reaches the daemon before the phone reads our
+        # 200 (RFC 3261 §10.3 step 8: the bindings now in effect), so a call that another
+        # worker hands to the daemon finds it there (Call._stays_here).
         if not applying:
-            outbox.add(op)
+            outbox.add(op, at_once=True)
 
     location.on_change = changed
 

@@ -431,7 +431,9 @@ class Call:
         """A worker runs a call between two extensions over UDP, audio not relayed, callee
         without forwarding, neither side behind NAT (our requests leave from the worker's
         own port, which a NAT box opened for 5060 may not let in), no Path; the rest is
-        the daemon's. An unknown number is answered 404 here."""
+        the daemon's. An unknown number is answered 404 here; a callee this worker knows
+        no binding of goes to the daemon, which has every binding a worker made before
+        that worker's 200 went out (one made elsewhere may not have reached us yet)."""
         if dest is None:
             return True
         if dest.kind != "extension" or self._wants_relay(dest):
@@ -447,7 +449,10 @@ class Call:
         src = self.a_source
         if via.host.strip("[]") != src.host or (via.port or 5060) != src.port:
             return False
-        for b in pbx.location.bindings(dest.number, time.time()):
+        bindings = pbx.location.bindings(dest.number, time.time())
+        if not bindings:
+            return False
+        for b in bindings:
             if b.path or not _direct(b):
                 return False
         return True

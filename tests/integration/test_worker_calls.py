@@ -8,6 +8,7 @@ SIGTERM, a config.yaml change during a call."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -19,6 +20,7 @@ from appliance.sip.reuseport import socket_for
 from tests.integration.test_workers import DAEMON, WORKER, port_on
 from tests.peers import rawsip
 from tests.peers.ports import free_port
+from tests.peers.procs import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -207,23 +209,44 @@ def test_phones_using_the_box_as_outbound_proxy_reach_the_worker_s_dialog(box) -
     assert not re.search("INFO  " + bye_in, log)
 
 
-def test_a_request_for_one_worker_s_dialog_that_reaches_another(daemon_factory) -> None:
+@pytest.fixture
+def two_workers(daemon_factory):
+    box = daemon_factory(workers=2, media={"relay_extension_calls": False})
+    box.wait_log("worker 1 appliance.workers: serving REGISTER and calls")
+    box.wait_log("worker 2 appliance.workers: serving REGISTER and calls")
+    return box
+
+
+def port_of(process: int) -> int:
+    """A free UDP port the kernel steers to socket `process` of three (daemon, 2 workers)."""
+    while True:
+        port = free_port("udp")
+        if socket_for(HOST, port, 3) == process:
+            return port
+
+
+def bindings_seen_by(box, client: rawsip.SipClient, user: str) -> set[str]:
+    """The contacts of `user` that the process `client` is steered to lists in its 200 to
+    a REGISTER without Contact (RFC 3261 §10.2.3)."""
+    res = rawsip.register(client, user=user, password=box.passwords[user], domain=HOST,
+                          algorithm="MD5", contact="", expires=None)
+    assert res.status == 200, res.transcript()
+    return {re.sub(r"^<|>.*$", "", v) for v in res.final.header_all("contact")}
+
+
+def test_a_request_for_one_worker_s_dialog_that_reaches_another(two_workers) -> None:
     """Two workers: the callee's phone belongs to one, the call to the other. The
     callee's BYE to the shared port reaches the first, which does not know the dialog
     and hands it to the daemon, which hands it to the call's worker (its port is in
     the Request-URI)."""
-    box = daemon_factory(workers=2, media={"relay_extension_calls": False})
-    box.wait_log("worker 1 appliance.workers: serving REGISTER and calls")
-    box.wait_log("worker 2 appliance.workers: serving REGISTER and calls")
-
-    def port_of(process: int) -> int:
-        while True:
-            port = free_port("udp")
-            if socket_for(HOST, port, 3) == process:
-                return port
-
+    box = two_workers
     with rawsip.SipClient("udp", (HOST, box.port), local_port=port_of(1)) as a, \
          rawsip.SipClient("udp", (HOST, box.port), local_port=port_of(2)) as b:
+        registered(box, b, "101")
+        # the caller's worker has the callee's binding (through the daemon): it runs the call
+        contact = f"sip:101@{HOST}:{b.local[1]}"
+        wait_until(lambda: contact in bindings_seen_by(box, a, "101"), 5,
+                   what="the binding on the caller's worker")
         caller, invite, _ = ring(box, a, b)
         # sockets 1 and 2 are the workers in the order they joined the port: the caller's
         # worker is the one whose own port sent this
@@ -243,9 +266,40 @@ def test_a_request_for_one_worker_s_dialog_that_reaches_another(daemon_factory) 
         assert done is not None and done.status == 200, done
     box.wait_log("appliance.call: call 100 → 101 ended: hangup")
     bye_in = rf"appliance.sip.trace: <<< udp 127.0.0.1:{b.local[1]}\nBYE "
-    log = box.log()
-    assert re.search("worker 2 " + bye_in, log) and re.search("worker 1 " + bye_in, log)
-    assert not re.search("INFO  " + bye_in, log)  # the daemon only handed it on
+    # each process writes its log lines at the end of its loop's turn, after handing the
+    # BYE on: worker 2's line may come after worker 1's
+    wait_until(lambda: re.search("worker 2 " + bye_in, box.log()) and re.search(
+        "worker 1 " + bye_in, box.log()), 5, what="the BYE in both workers' traces")
+    assert not re.search("INFO  " + bye_in, box.log())  # the daemon only handed it on
+
+
+def test_a_phone_that_just_registered_through_another_worker_is_rung(two_workers) -> None:
+    """The callee registers through one worker while the daemon is stopped (SIGSTOP), so
+    the binding cannot reach the caller's worker. That worker, knowing no binding, must
+    not answer 480: it hands the INVITE to the daemon, which the callee's worker told of
+    the binding before its 200 went out; once the daemon runs again it rings the phone
+    from the shared port."""
+    box = two_workers
+    with rawsip.SipClient("udp", (HOST, box.port), local_port=port_of(1)) as a, \
+         rawsip.SipClient("udp", (HOST, box.port), local_port=port_of(2)) as b:
+        os.kill(box.proc.pid, signal.SIGSTOP)
+        try:
+            registered(box, b, "101")
+            caller = Caller(box, a, "100", "101")
+            branch = caller.invite()
+            early = a.recv_final(cseq_method="INVITE", call_id=caller.call_id, timeout=1)
+            assert early is None, early  # without the daemon, no answer: not a 480
+        finally:
+            os.kill(box.proc.pid, signal.SIGCONT)
+        invite = b.recv(5)
+        assert invite is not None and invite.method == "INVITE", invite
+        assert invite.source == (HOST, box.port)  # the daemon's call
+        b.send(rawsip.reply(invite, 486, "Busy Here", to_tag="b1"))
+        busy = a.recv_final(cseq_method="INVITE", call_id=caller.call_id)
+        assert busy is not None and busy.status == 486, busy
+        a.send(caller.ack_for(busy, branch))
+    box.wait_log("appliance.call: call 100 → 101 ended: busy")
+    assert not re.search(r"worker \d appliance.call: call 100 → 101", box.log())
 
 
 def test_the_ack_of_a_failed_call_reaches_the_worker(box) -> None:
