@@ -612,10 +612,15 @@ async def serve(args: argparse.Namespace) -> None:
                  len(location))
     from . import gcpolicy
     gcpolicy.start()
+    collections = gcpolicy.FullCollections()  # as the daemon: full ones only when idle
+    ticks = 0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 10.0)
-        location.expire(time.time())  # the daemon expires and announces; this only frees
+            await asyncio.wait_for(stop.wait(), 1.0)
+        collections.tick(endpoint.received)
+        ticks += 1
+        if ticks % 10 == 0:
+            location.expire(time.time())  # the daemon expires and announces; this frees
     ended = pbx.hang_up_all()
     if ended:
         log.info("ending %d call(s)", ended)
