@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the appliance daemon against Kamailio on loopback, with SIPp as the load.
 
-    .venv/bin/python bench/run.py            # the full run (about 8-9 minutes)
+    .venv/bin/python bench/run.py            # the full run (about 17 minutes)
     .venv/bin/python bench/run.py --quick    # a smoke run: few rates, 3 s each (2-3 minutes)
     .venv/bin/python bench/run.py --only registrations|calls|memory|startup
 
@@ -10,7 +10,9 @@ What it measures (see docs/performance.md for the why and the latest figures):
 registrations  REGISTER, 401, REGISTER with MD5 digest credentials, 200 (bench/sipp/register.xml)
                by 2,000 extensions, offered at rising rates for a few seconds each; the figure
                is the highest rate that passes (see `passes()`); the ladder stops at the first
-               rate that fails.
+               rate that fails. Also run: the daemon as one process, and issue 3's yardstick,
+               a throwaway REGISTER-and-digest responder (bench/throwaway_registrar.py); the
+               notes give each server's CPU per registration at its best rate.
 calls          INVITE, 407, ACK, INVITE with credentials, 100/180/200, ACK, 1 s, BYE, 200
                (bench/sipp/call_caller.xml) to 200 callee extensions registered by one SIPp
                (bench/sipp/call_callee.xml) through the server; same ladder and rule.
@@ -66,6 +68,7 @@ SIPP_DIR = BENCH / "sipp"
 RESULTS_DIR = BENCH / "results"
 KAMAILIO_CFG = BENCH / "kamailio.cfg"
 MD5_FIRST = BENCH / "appliance_md5_first.py"
+THROWAWAY = BENCH / "throwaway_registrar.py"
 LOOPBACK = "127.0.0.1"
 
 DEB_PACKAGES = {"sipp": "sip-tester", "kamailio": "kamailio"}
@@ -564,6 +567,24 @@ class Kamailio(Server):
 # --- SIPp -----------------------------------------------------------------------------------------
 
 
+class Throwaway(Server):
+    """Issue 3's yardstick (bench/throwaway_registrar.py): REGISTER, digest, nothing else;
+    one process. Measured for its CPU per registration, not compared for a target."""
+    name = "throwaway"
+    label = "throwaway"
+
+    def prepare(self) -> None:
+        (self.workdir / "passwords.json").write_text(json.dumps(self.users.passwords))
+
+    def argv(self) -> list[str]:
+        return [sys.executable, str(THROWAWAY), str(self.port),
+                str(self.workdir / "passwords.json")]
+
+    def memory_kb(self) -> int:
+        assert self.proc is not None
+        return status_kb(self.proc.pid, "VmRSS") or 0
+
+
 def sipp_version() -> str:
     try:
         out = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=10)
@@ -860,6 +881,9 @@ class Bench:
             one = Appliance(self.workdir, self.reg_users, "registrations-one-process")
             one.name, one.label = "appliance_one_process", "1 process"
             servers.insert(1, one)
+        # issue 3's yardstick, before Kamailio (the last, when it runs)
+        at = len(servers) - 1 if self.with_kamailio else len(servers)
+        servers.insert(at, Throwaway(self.workdir, self.reg_users, "registrations"))
         for server in servers:
             log(f"registrations: {server.label}")
             d = server.workdir
@@ -1225,6 +1249,27 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def cpu_per_operation(results: dict[str, Any]) -> list[str]:
+    """Notes: each server's CPU per registration and per call at its highest passing rate
+    (its processes' CPU over the step / the offered rate)."""
+    notes = []
+    for key, what in (("registrations", "registration"), ("calls", "call")):
+        parts = []
+        for name, label in (("appliance", "appliance"), ("appliance_one_process", "1 process"),
+                            ("throwaway", "throwaway registrar (issue 3's yardstick)"),
+                            ("kamailio", "Kamailio")):
+            r = results.get(key, {}).get(name)
+            fig = r.get("figure") if isinstance(r, dict) else None
+            step = next((s for s in r.get("steps", []) if s["rate"] == fig), None) if fig \
+                else None
+            if step and step.get("server_cpu_cores"):
+                us = step["server_cpu_cores"] / fig * 1e6
+                parts.append(f"{label} {us:.0f} us at {fig:,}/s")
+        if parts:
+            notes.append(f"CPU per {what}: " + ", ".join(parts))
+    return notes
+
+
 def other_load(results: dict[str, Any]) -> float:
     """The most CPU that other processes on the machine used during a load step."""
     worst = 0.0
@@ -1270,6 +1315,7 @@ def render(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
             else:
                 text = f">= {fig:,}/s" if c.get("all_passed") else f"{fig:,}/s"
             notes.append(f"SIPp ceiling, {key} (SIPp against SIPp, same scenario): {text}")
+    notes += cpu_per_operation(results)
     m = results.get("memory", {})
     if "kamailio_measure" in m:
         notes.append(f"memory: appliance = {m['appliance_measure']}; Kamailio = "
@@ -1369,9 +1415,14 @@ def main(argv: list[str] | None = None) -> int:
         "notes": {
             "kamailio": f"{settings.kamailio_workers} UDP worker processes (-n), "
                         f"{settings.kamailio_shm_mb} MB shared memory; bench/kamailio.cfg",
-            "appliance": "single process; load tests run it through bench/appliance_md5_first.py"
-                         " (MD5 challenge listed first for SIPp 3.6; same work per message); "
-                         "start-up and factory idle RSS use `appliance run` as shipped",
+            "appliance": f"load tests: the daemon with sip.workers: {settings.appliance_workers}"
+                         " (registrations also as one process), run through "
+                         "bench/appliance_md5_first.py (MD5 challenge listed first for SIPp "
+                         "3.6; same work per message); start-up and factory idle RSS use "
+                         "`appliance run` as shipped",
+            "throwaway": "bench/throwaway_registrar.py, one process: issue 3's yardstick "
+                         "(asyncio + uvloop, REGISTER and digest only), run through the "
+                         "registrations ladder for its CPU per registration",
             "load": "SIPp on the same 2 cores as the server under test; from "
                     f"{settings.sipp_split_rate} registrations/s and from "
                     f"{settings.sipp_call_split_rate} calls/s two SIPp processes share the "
