@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -91,7 +92,9 @@ class Pbx:
         self.bus = bus
         realm = config.sip.domain or "appliance"
         secret = secret or secrets.token_bytes(32)
-        self.digest = DigestServer(realm, secret, algorithms=tuple(config.sip.auth_algorithms))
+        # Nonce counts start now: older nonces (this key outlives the process) are stale.
+        self.digest = DigestServer(realm, secret, algorithms=tuple(config.sip.auth_algorithms),
+                                   tracked_since=time.time())
         self.registrar = Registrar(self)
         self.calls: set[Call] = set()
         # (Call-ID, our tag) → the call leg that dialog belongs to

@@ -417,6 +417,7 @@ class DigestServer:
         *,
         allow_no_qop: bool = True,
         max_nonces: int = 100_000,
+        tracked_since: float = float("-inf"),
     ) -> None:
         self.realm = realm
         self.nonce_ttl = nonce_ttl
@@ -441,8 +442,11 @@ class DigestServer:
         self._max_nonces = max_nonces
         # nonce -> (highest nc accepted, issue time); insertion-ordered, pruned in batches
         self._seen: dict[str, tuple[int, float]] = {}
-        # untracked nonces issued at or before this time may have been forgotten -> STALE
-        self._floor = float("-inf")
+        # untracked nonces issued at or before this time may have been forgotten -> STALE.
+        # `tracked_since`: when this server started counting (a process's start): the
+        # counts of older nonces, valid under a kept secret, went with the last process,
+        # so a request replayed across a restart is answered stale, not taken.
+        self._floor = tracked_since
         self._purged_at = float("-inf")
 
     # nonces

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import subprocess
@@ -67,6 +68,24 @@ def test_registrations_survive_a_restart(daemon_factory) -> None:
             caller.wait(20).check()
         finally:
             caller.stop()
+
+
+def test_a_register_replayed_after_a_restart_is_challenged_again(daemon_factory) -> None:
+    """The nonce key survives a restart, the nonce counts do not: the exact REGISTER the
+    old process accepted (nc=00000001), sent again to the new one, gets a 401 with
+    stale=true (RFC 2617 §3.2.2 replay protection), not a 200."""
+    daemon = daemon_factory()
+    with rawsip.SipClient("udp", ("127.0.0.1", daemon.port)) as phone:
+        first = rawsip.register(phone, user="101", password=daemon.passwords["101"],
+                                domain="127.0.0.1", algorithm="MD5")
+        assert first.status == 200, first.transcript()
+        accepted = first.exchanges[-1][0]  # the REGISTER with credentials
+        assert b"\r\nAuthorization: Digest " in accepted and b"nc=00000001" in accepted
+        daemon = daemon_factory.restart(daemon)
+        phone.send(accepted)
+        again = phone.recv_final(cseq_method="REGISTER", timeout=5)
+    assert again is not None and again.status == 401, again
+    assert re.search(r"\bstale=true\b", again.header("www-authenticate"), re.I), again
 
 
 def _cli(daemon, *args: str) -> subprocess.CompletedProcess:

@@ -387,6 +387,20 @@ def test_forged_or_tampered_nonce_is_stale_with_the_password_and_fails_without()
     assert DigestServer(REALM).verify(creds, "REGISTER", lookup, T0) is Verdict.STALE
 
 
+def test_nonces_from_before_the_server_started_counting_are_stale():
+    """The nonce key outlives a process: a request answered before a restart (nc=1) must
+    not be taken again by the new process, whose counts start empty."""
+    before = make_server()
+    creds = login(before, now=T0)
+    assert before.verify(creds, "REGISTER", lookup, T0 + 1) is Verdict.OK
+    after = make_server(tracked_since=T0 + 10)  # the same key, restarted at T0 + 10
+    assert after.verify(creds, "REGISTER", lookup, T0 + 11) is Verdict.STALE
+    assert after.verify(login(after, user="alice", password="guess", now=T0 + 11),
+                        "REGISTER", lookup, T0 + 12) is Verdict.FAIL
+    fresh = login(after, now=T0 + 11)  # what the stale challenge leads to
+    assert after.verify(fresh, "REGISTER", lookup, T0 + 12) is Verdict.OK
+
+
 def test_nonce_count_replay_protection():
     server = make_server()
     challenge = server.challenges(T0)[0]
