@@ -195,7 +195,8 @@ class Daemon:
         if n_workers:
             calls = endpoint.transports.steered  # else the kernel's hash would split calls
             self.workers = WorkerPool(n_workers, self._worker_argv(bind, ports["udp"]),
-                                      location, bus, endpoint.transports.on_message, calls)
+                                      location, bus, endpoint.transports.on_message, calls,
+                                      digest=pbx.digest)
             if calls:
                 endpoint.transports.on_message = self.workers.dispatch
             await self.workers.start()

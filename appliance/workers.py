@@ -48,6 +48,9 @@ Messages on a socket pair (one datagram each):
     b"D" + port (2 bytes) + host length (1 byte) + host + a SIP datagram     both ways
         worker → daemon: not the worker's; daemon → worker: the worker's (an ACK, a
         request within its dialog sent to the shared port)
+    b"V" + the same: a request the worker authenticated, its nonce's use   worker → daemon
+        counted there (RFC 2617 §3.2.2), that it hands on: the daemon does not take that
+        nonce for another process's (DigestServer.trusted)
     b"B" + JSON list of binding changes                                   both ways
         ["put", aor, binding] | ["del", aor, contact] | ["clr", aor]
         ["ref", aor, contact, expires_at, call_id, cseq]   a refresh, sent within a second
@@ -83,6 +86,7 @@ from .bus import (
     ExtensionUnregistered,
 )
 from .pbx.location import Binding, Location
+from .sip.digest import DigestServer
 from .sip.transaction import OWN_PORT, Peer
 
 log = logging.getLogger("appliance.workers")
@@ -103,9 +107,9 @@ CALL_EVENTS: dict[str, type] = {e.__name__: e for e in (CallRinging, CallAnswere
 Op = list[Any]
 
 
-def encode_datagram(data: bytes, host: str, port: int) -> bytes:
+def encode_datagram(data: bytes, host: str, port: int, kind: bytes = b"D") -> bytes:
     raw = host.encode()
-    return b"D" + _PORT.pack(port, len(raw)) + raw + data
+    return kind + _PORT.pack(port, len(raw)) + raw + data
 
 
 def decode_datagram(msg: bytes) -> tuple[bytes, str, int]:
@@ -353,12 +357,14 @@ class WorkerPool:
     datagrams and their call events, starts again any that exits."""
 
     def __init__(self, count: int, argv: list[str], location: Location, bus: Bus,
-                 on_datagram: Callable[[bytes, Peer], None], calls: bool = False) -> None:
+                 on_datagram: Callable[[bytes, Peer], None], calls: bool = False,
+                 digest: DigestServer | None = None) -> None:
         # the worker command line, without --fd and --index
         self.argv = [*argv, "--calls"] if calls else argv
         self.location = location
         self.bus = bus
         self.on_datagram = on_datagram
+        self.digest = digest  # the daemon's: trusts a worker's nonce in what it hands on (V)
         self.workers = [_Worker(i + 1) for i in range(count)]
         self._origin: int | None = None   # the worker whose changes are being applied
         self._peers: dict[tuple[str, int], Peer] = {}
@@ -445,14 +451,21 @@ class WorkerPool:
     # -- messages from a worker
     def _received(self, w: _Worker, msg: bytes) -> None:
         kind = msg[:1]
-        if kind == b"D":
+        if kind == b"D" or kind == b"V":
             data, host, port = decode_datagram(msg)
             peer = self._peers.get((host, port))
             if peer is None:
                 if len(self._peers) >= 4096:
                     self._peers.clear()
                 peer = self._peers[(host, port)] = Peer("udp", host, port)
-            if w.own_port is not None and _ruri_port(data) == w.own_port:
+            if kind == b"V" and self.digest is not None:
+                # Authenticated there, its nonce's use counted there: not a replay here.
+                self.digest.trusted = w.index
+                try:
+                    self.on_datagram(data, peer)
+                finally:
+                    self.digest.trusted = None
+            elif w.own_port is not None and _ruri_port(data) == w.own_port:
                 self.on_datagram(data, peer)  # its own dialog, unknown there: answered here
             else:
                 self.dispatch(data, peer)
@@ -507,6 +520,7 @@ async def serve(args: argparse.Namespace) -> None:
     bus = Bus()
     pbx = Pbx(endpoint, cfg, location, bus, nonce_secret(data))
     pbx.worker = True
+    pbx.digest.issuer = args.index  # its nonces carry its index; it counts only those
     endpoint.tu = pbx
     stop = asyncio.Event()
     ready = asyncio.Event()
@@ -556,15 +570,15 @@ async def serve(args: argparse.Namespace) -> None:
 
     location.on_change = changed
 
-    def hand_on(datagram: bytes, peer: Peer) -> None:
-        channel.send(encode_datagram(datagram, peer.host, peer.port))
+    def hand_on(datagram: bytes, peer: Peer, kind: bytes = b"D") -> None:
+        channel.send(encode_datagram(datagram, peer.host, peer.port, kind))
 
     # the datagram being handled: what Pbx.pass_on hands to the daemon
     current: tuple[bytes, Peer] | None = None
 
-    def to_daemon() -> None:
+    def to_daemon(verified: bool = False) -> None:
         if current is not None:
-            hand_on(*current)
+            hand_on(*current, b"V" if verified else b"D")
 
     calls = bool(args.calls)
     if calls:

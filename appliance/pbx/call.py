@@ -393,7 +393,8 @@ class Call:
             self.caller = user
             self.caller_name = pbx.config.extensions[user].name or None
             dest = route(pbx.config, number or "")
-            if pbx.worker and not self._stays_here(dest) and pbx.pass_on(txn, self.a_source):
+            if pbx.worker and not self._stays_here(dest) and pbx.pass_on(txn, self.a_source,
+                                                                          verified=True):
                 return
         if dest is not None and dest.kind == "feature":
             if self.origin == "extension":

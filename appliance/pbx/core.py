@@ -110,7 +110,7 @@ class Pbx:
         # arrived. The daemon hands a worker its requests before parsing them
         # (WorkerPool.dispatch).
         self.worker = False
-        self.elsewhere: Callable[[], None] | None = None
+        self.elsewhere: Callable[[bool], None] | None = None
         self.user_agent = config.sip.user_agent
         self.allow = ALLOW
         self.pending_byes: set[PendingBye] = set()
@@ -316,7 +316,8 @@ class Pbx:
         leg = self.dialogs.get((resp.call_id, resp.from_.tag or ""))
         return leg
 
-    def pass_on(self, txn: ServerTransaction | None, source: Peer) -> bool:
+    def pass_on(self, txn: ServerTransaction | None, source: Peer,
+                verified: bool = False) -> bool:
         """Hand the request being handled to the daemon (`elsewhere`, a worker's); `txn`,
         which has sent nothing, ends silently. What came to a worker's own port is that
         worker's and stays."""
@@ -325,7 +326,7 @@ class Pbx:
             return False
         if txn is not None:
             self.endpoint.layer.forget(txn)
-        elsewhere()
+        elsewhere(verified)  # verified: we authenticated it and counted its nonce's use
         return True
 
     def _on_request(self, txn: ServerTransaction | None, req: Request, source: Any) -> None:

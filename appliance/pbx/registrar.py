@@ -148,7 +148,14 @@ def authenticate(pbx: Pbx, txn: ServerTransaction, req: Request, header: str,
         verdict = digest.verify(creds, req.method, pbx.password_of, now)
         if verdict is Verdict.OK:
             return creds.username
-        if verdict is Verdict.STALE:
+        if verdict is Verdict.FOREIGN:
+            # Another process's nonce: a worker hands the request to the daemon, which
+            # counts its own nonces (and trusts a worker's it is handed with b"V"); the
+            # daemon, or a worker that cannot hand on, challenges afresh.
+            if pbx.pass_on(txn, txn.source):
+                return None
+            stale = True
+        elif verdict is Verdict.STALE:
             stale = True
         else:
             log.info("%s authentication failed for %r from %s", req.method, creds.username,

@@ -391,14 +391,24 @@ class Verdict(enum.Enum):
     OK = "ok"
     STALE = "stale"  # right password, expired nonce: re-challenge with stale=TRUE (§3.2.1)
     FAIL = "fail"
+    # right password over a nonce another process of the box issued (`DigestServer.issuer`):
+    # that process counts its uses, this one cannot tell a replay
+    FOREIGN = "foreign"
 
 
 _TS: Final = struct.Struct(">d")
 _SALT_LEN: Final = 6
 _SALT_MASK: Final = (1 << 8 * _SALT_LEN) - 1
+_COUNTER_BITS: Final = 8 * _SALT_LEN - 8  # the salt's first byte names the issuing process
+_COUNTER_MASK: Final = (1 << _COUNTER_BITS) - 1
 _MAC_LEN: Final = 16
 _NONCE_RAW_LEN: Final = _TS.size + _SALT_LEN + _MAC_LEN  # 30 bytes -> 40 base64 chars, no padding
 _NONCE_RE: Final = re.compile(r"[A-Za-z0-9_-]{40}")  # canonical form only: one string per nonce
+
+
+def nonce_issuer(nonce: str) -> int:
+    """The process of the box that minted `nonce` (check it with nonce_time first)."""
+    return base64.urlsafe_b64decode(nonce)[_TS.size]
 
 
 class DigestServer:
@@ -418,6 +428,7 @@ class DigestServer:
         allow_no_qop: bool = True,
         max_nonces: int = 100_000,
         tracked_since: float = float("-inf"),
+        issuer: int = 0,
     ) -> None:
         self.realm = realm
         self.nonce_ttl = nonce_ttl
@@ -447,12 +458,18 @@ class DigestServer:
         # counts of older nonces, valid under a kept secret, went with the last process,
         # so a request replayed across a restart is answered stale, not taken.
         self._floor = tracked_since
+        # Which process of the box this is (0: the daemon, N: SIP worker N): its nonces
+        # carry it, and only it counts their uses (RFC 2617 §3.2.2 replay protection).
+        self.issuer = issuer & 0xFF
+        # While the daemon handles a request a worker has authenticated and counted: that
+        # worker's index (appliance/workers.py, b"V"); its nonces are then not foreign.
+        self.trusted: int | None = None
         self._purged_at = float("-inf")
 
     # nonces
 
     def make_nonce(self, now: float) -> str:
-        salt = next(self._salts) & _SALT_MASK
+        salt = (self.issuer << _COUNTER_BITS) | (next(self._salts) & _COUNTER_MASK)
         head = _TS.pack(now) + salt.to_bytes(_SALT_LEN, "big")
         mac = self._mac(head)
         return base64.urlsafe_b64encode(head + mac).decode("ascii")
@@ -555,6 +572,9 @@ class DigestServer:
             return Verdict.STALE
         if qop is None:
             return Verdict.OK  # RFC 2069 style: no nonce-count to track
+        issuer = nonce_issuer(creds.nonce)
+        if issuer != self.issuer:
+            return Verdict.OK if issuer == self.trusted else Verdict.FOREIGN
         return self._count(creds.nonce, nc, issued, now)
 
     def _count(self, nonce: str, nc: int, issued: float, now: float) -> Verdict:

@@ -165,3 +165,46 @@ def test_what_a_worker_gets_that_is_not_a_register_goes_to_the_daemon(box) -> No
     received = f"<<< udp 127.0.0.1:{port}\nREGISTRATION sip:127.0.0.1 SIP/2.0"
     assert f"INFO  appliance.sip.trace: {received}" in box.log()
     assert f"worker 1 appliance.sip.trace: {received}" not in box.log()
+
+
+def test_a_register_a_worker_took_is_not_taken_again_by_the_daemon(box) -> None:
+    """Each process counts the uses of its own nonces (RFC 2617 §3.2.2): the exact
+    REGISTER the worker accepted, replayed from a port that reaches the daemon, gets a
+    fresh challenge (stale=true), not a 200."""
+    with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port_on(WORKER)) as a, \
+         rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port_on(DAEMON)) as b:
+        first = rawsip.register(a, user="101", password=box.passwords["101"],
+                                domain="127.0.0.1", algorithm="MD5")
+        assert first.status == 200, first.transcript()
+        box.wait_log("INFO  worker 1 appliance.registrar: extension 101 registered")
+        accepted = first.exchanges[-1][0]
+        assert b"\r\nAuthorization: Digest " in accepted
+        b.send(accepted)
+        replayed = b.recv_final(cseq_method="REGISTER", timeout=5)
+    assert replayed is not None and replayed.status == 401, replayed
+    assert re.search(r"\bstale=true\b", replayed.header("www-authenticate"), re.I)
+
+
+def test_a_worker_hands_the_daemon_credentials_over_the_daemon_s_nonce(box) -> None:
+    """A phone answers a challenge the daemon sent (here: to another port of the same
+    phone) from a port that reaches the worker: the worker cannot count that nonce's
+    uses, so it hands the REGISTER to the daemon, which can, and which registers it."""
+    with rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port_on(WORKER)) as a, \
+         rawsip.SipClient("udp", ("127.0.0.1", box.port), local_port=port_on(DAEMON)) as b:
+        probe = rawsip.register(b, user="101", password=box.passwords["101"],
+                                domain="127.0.0.1", algorithm="MD5", expires=0)
+        challenge = rawsip.pick_challenge(probe.challenge, "MD5")
+        auth = rawsip.authorization(challenge, username="101", password=box.passwords["101"],
+                                    method="REGISTER", uri="sip:127.0.0.1",
+                                    nc=2)  # the probe used 1
+        contact = f"sip:101@127.0.0.1:{a.local[1]}"
+        a.send(rawsip.build_request(
+            "REGISTER", "sip:127.0.0.1", client=a, from_uri="sip:101@127.0.0.1",
+            to_uri="sip:101@127.0.0.1", call_id="foreign-nonce@test", cseq=1,
+            from_tag="fn", contact=f"<{contact}>",
+            extra_headers=[f"Authorization: {auth}", "Expires: 600"]))
+        ok = a.recv_final(cseq_method="REGISTER", call_id="foreign-nonce@test", timeout=5)
+    assert ok is not None and ok.status == 200, ok
+    assert contact in contacts(ok)
+    box.wait_log(f"INFO  appliance.registrar: extension 101 registered {contact}")
+    assert f"worker 1 appliance.registrar: extension 101 registered {contact}" not in box.log()

@@ -17,6 +17,7 @@ from appliance.sip.digest import (
     compute_ha1,
     compute_response,
     compute_response_ha1,
+    nonce_issuer,
     parse_challenge,
     parse_credentials,
     select_challenge,
@@ -399,6 +400,30 @@ def test_nonces_from_before_the_server_started_counting_are_stale():
                         "REGISTER", lookup, T0 + 12) is Verdict.FAIL
     fresh = login(after, now=T0 + 11)  # what the stale challenge leads to
     assert after.verify(fresh, "REGISTER", lookup, T0 + 12) is Verdict.OK
+
+
+def test_a_nonce_names_its_process_and_only_that_process_counts_it():
+    """SIP workers (appliance/workers.py): each process counts the uses of its own nonces;
+    another's, with the right password, is FOREIGN (the worker hands the request to the
+    daemon, the daemon challenges afresh) unless the daemon was told the worker counted
+    it (`trusted`, b"V")."""
+    daemon, worker = make_server(), make_server(issuer=1)
+    assert nonce_issuer(daemon.challenges(T0)[0].nonce) == 0
+    assert nonce_issuer(worker.challenges(T0)[0].nonce) == 1
+    creds = login(worker, now=T0)
+    assert worker.verify(creds, "REGISTER", lookup, T0) is Verdict.OK
+    assert worker.verify(creds, "REGISTER", lookup, T0) is Verdict.FAIL  # replay
+    assert daemon.verify(creds, "REGISTER", lookup, T0) is Verdict.FOREIGN
+    wrong = login(worker, password="guess", now=T0)
+    assert daemon.verify(wrong, "REGISTER", lookup, T0) is Verdict.FAIL
+    daemon.trusted = 1
+    assert daemon.verify(creds, "REGISTER", lookup, T0) is Verdict.OK
+    assert daemon.verify(wrong, "REGISTER", lookup, T0) is Verdict.FAIL
+    daemon.trusted = None
+    # the daemon's own nonce at the worker: FOREIGN there, counted by the daemon
+    mine = login(daemon, now=T0)
+    assert worker.verify(mine, "REGISTER", lookup, T0) is Verdict.FOREIGN
+    assert daemon.verify(mine, "REGISTER", lookup, T0) is Verdict.OK
 
 
 def test_nonce_count_replay_protection():
