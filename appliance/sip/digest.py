@@ -398,7 +398,6 @@ class Verdict(enum.Enum):
 
 _TS: Final = struct.Struct(">d")
 _SALT_LEN: Final = 6
-_SALT_MASK: Final = (1 << 8 * _SALT_LEN) - 1
 _COUNTER_BITS: Final = 8 * _SALT_LEN - 8  # the salt's first byte names the issuing process
 _COUNTER_MASK: Final = (1 << _COUNTER_BITS) - 1
 _MAC_LEN: Final = 16
