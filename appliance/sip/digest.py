@@ -480,6 +480,11 @@ class DigestServer:
 
     def nonce_time(self, nonce: str) -> float | None:
         """Issue time of a nonce we minted for this realm, or None if forged/garbled."""
+        origin = self._nonce_origin(nonce)
+        return None if origin is None else origin[0]
+
+    def _nonce_origin(self, nonce: str) -> tuple[float, int] | None:
+        """(issue time, issuing process) of a nonce this box minted, from one decoding."""
         if not _NONCE_RE.fullmatch(nonce):
             return None
         raw = base64.urlsafe_b64decode(nonce)
@@ -487,7 +492,7 @@ class DigestServer:
         mac = self._mac(head)
         if not hmac.compare_digest(mac, raw[_TS.size + _SALT_LEN :]):
             return None
-        return _TS.unpack_from(raw)[0]
+        return _TS.unpack_from(raw)[0], raw[_TS.size]
 
     def challenges(self, now: float, stale: bool = False) -> list[Challenge]:
         """One challenge per algorithm, preferred first (RFC 8760 §2.4), sharing a fresh nonce."""
@@ -537,7 +542,7 @@ class DigestServer:
                 return fail
         else:
             return fail
-        issued = self.nonce_time(creds.nonce)  # None: not ours (forged, or an older key)
+        origin = self._nonce_origin(creds.nonce)  # None: not ours (forged, or an older key)
 
         # Same hashing for unknown users and wrong passwords: neither timing nor verdict tells.
         password = password_lookup(creds.username)
@@ -560,18 +565,18 @@ class DigestServer:
         match = hmac.compare_digest(expected.encode(), creds.response.lower().encode())
         if not (match and known):
             return fail
-        if issued is None:
+        if origin is None:
             # RFC 2617 §3.2.1: an invalid nonce with a valid digest over it means the client
             # knows the password: stale=TRUE lets it retry at once rather than prompt (e.g.
             # with a nonce minted before the nonce key or format changed).
             return Verdict.STALE
 
+        issued, issuer = origin
         age = now - issued
         if not 0.0 <= age <= self.nonce_ttl:
             return Verdict.STALE
         if qop is None:
             return Verdict.OK  # RFC 2069 style: no nonce-count to track
-        issuer = nonce_issuer(creds.nonce)
         if issuer != self.issuer:
             return Verdict.OK if issuer == self.trusted else Verdict.FOREIGN
         return self._count(creds.nonce, nc, issued, now)
