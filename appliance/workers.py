@@ -112,6 +112,17 @@ def encode_datagram(data: bytes, host: str, port: int, kind: bytes = b"D") -> by
     return kind + _PORT.pack(port, len(raw)) + raw + data
 
 
+def _peer(cache: dict[tuple[str, int], Peer], host: str, port: int) -> Peer:
+    """One Peer per UDP source a datagram was handed on for (as transport._Udp keeps),
+    bounded because addresses come from the network."""
+    peer = cache.get((host, port))
+    if peer is None:
+        if len(cache) >= 4096:
+            cache.clear()
+        peer = cache[(host, port)] = Peer("udp", host, port)
+    return peer
+
+
 def decode_datagram(msg: bytes) -> tuple[bytes, str, int]:
     port, n = _PORT.unpack_from(msg, 1)
     start = 1 + _PORT.size
@@ -351,6 +362,11 @@ class _Worker:
         self.outbox: _Outbox | None = None
         self.own_port: int | None = None  # where its dialogs are (b"P")
 
+    @property
+    def live(self) -> bool:
+        """Running, its socket pair open: worth handing something to."""
+        return self.channel is not None and not self.channel.closed
+
 
 class WorkerPool:
     """The daemon's workers: starts them, feeds them bindings, takes their changes, their
@@ -428,7 +444,8 @@ class WorkerPool:
         proxy) goes to that worker unparsed; the rest to the daemon's endpoint."""
         if self._by_own_port and not data.startswith(_NEVER_IN_DIALOG):
             w = self._by_own_port.get(_ruri_port(data))
-            if w is not None and w.channel is not None and not w.channel.closed:
+            if w is not None and w.live:
+                assert w.channel is not None
                 w.channel.send(encode_datagram(data, peer.host, peer.port))
                 return
         self.on_datagram(data, peer)
@@ -453,11 +470,7 @@ class WorkerPool:
         kind = msg[:1]
         if kind == b"D" or kind == b"V":
             data, host, port = decode_datagram(msg)
-            peer = self._peers.get((host, port))
-            if peer is None:
-                if len(self._peers) >= 4096:
-                    self._peers.clear()
-                peer = self._peers[(host, port)] = Peer("udp", host, port)
+            peer = _peer(self._peers, host, port)
             if kind == b"V" and self.digest is not None:
                 # Authenticated there, its nonce's use counted there: not a replay here.
                 self.digest.trusted = w.index
@@ -489,7 +502,7 @@ class WorkerPool:
         finally:
             self._origin = None
             for w in self.workers:
-                if w.outbox is not None and w.channel is not None and not w.channel.closed:
+                if w.outbox is not None and w.live:
                     w.outbox.flush()
 
     def _changed(self, op: Op) -> None:
@@ -497,8 +510,7 @@ class WorkerPool:
         the daemon made itself goes at once, before the daemon's 200 to the REGISTER; a
         worker's batch goes on when all of it is applied (`_apply`)."""
         for w in self.workers:
-            if w.index != self._origin and w.outbox is not None and w.channel is not None \
-                    and not w.channel.closed:
+            if w.index != self._origin and w.outbox is not None and w.live:
                 w.outbox.add(op, at_once=self._origin is None)
 
 
@@ -539,11 +551,7 @@ async def serve(args: argparse.Namespace) -> None:
                 applying = False
         elif kind == b"D":  # ours, came to the daemon: an ACK, an in-dialog request
             datagram, host, port = decode_datagram(msg)
-            peer = peers.get((host, port))
-            if peer is None:
-                if len(peers) >= 4096:
-                    peers.clear()
-                peer = peers[(host, port)] = Peer("udp", host, port)
+            peer = _peer(peers, host, port)
             pbx.elsewhere = None  # never back to the daemon: answered (481) or dropped here
             try:
                 handle(datagram, peer)
