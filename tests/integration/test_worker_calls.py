@@ -16,10 +16,8 @@ import time
 import pytest
 import yaml
 
-from appliance.sip.reuseport import socket_for
 from tests.integration.test_workers import DAEMON, WORKER, port_on
 from tests.peers import rawsip
-from tests.peers.ports import free_port
 from tests.peers.procs import wait_until
 
 pytestmark = pytest.mark.integration
@@ -219,10 +217,7 @@ def two_workers(daemon_factory):
 
 def port_of(process: int) -> int:
     """A free UDP port the kernel steers to socket `process` of three (daemon, 2 workers)."""
-    while True:
-        port = free_port("udp")
-        if socket_for(HOST, port, 3) == process:
-            return port
+    return port_on(process, 3)
 
 
 def bindings_seen_by(box, client: rawsip.SipClient, user: str) -> set[str]:

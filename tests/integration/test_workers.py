@@ -25,11 +25,12 @@ pytestmark = pytest.mark.integration
 DAEMON, WORKER = 0, 1
 
 
-def port_on(process: int) -> int:
-    """A free UDP port whose datagrams the kernel steers to `process`."""
+def port_on(process: int, sockets: int = 2) -> int:
+    """A free UDP port whose datagrams the kernel steers to socket `process` of the
+    port's `sockets` (the daemon and `sockets - 1` workers)."""
     while True:
         port = free_port("udp")
-        if socket_for("127.0.0.1", port, 2) == process:
+        if socket_for("127.0.0.1", port, sockets) == process:
             return port
 
 
