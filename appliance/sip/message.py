@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
-from .uri import URI, SipURI, URIError, parse_uri
+from .uri import URI, SipURI, URIError, parse_uri, split_params
 
 __all__ = [
     "ParseError", "Headers", "Message", "Request", "Response", "NameAddr", "Via",
@@ -105,16 +105,10 @@ def _is_token(text: str) -> bool:
 # parser below, which gives the same result for what the fast path accepts.
 _T: Final = r"A-Za-z0-9\-.!%*_+`'~"
 _PARAMS: Final = rf"(?:;[{_T}]+(?:=[{_T}]+)?)*"
-_PARAM_RE: Final = re.compile(rf";([{_T}]+)(?:=([{_T}]+))?")
 _FAST_VIA_RE: Final = re.compile(
     rf"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9\-.]+)(?::([0-9]{{1,5}}))?({_PARAMS})")
 _FAST_NAME_ADDR_RE: Final = re.compile(
     rf'(?:"([^"\\\x00-\x1f]*)" ?)?<([^<>"\x00-\x20]+)>({_PARAMS})')
-
-
-def _fast_params(text: str) -> dict[str, str | None]:
-    """Parameters already matched by `_PARAMS`: names lower-cased, bare names → None."""
-    return {name.lower(): value or None for name, value in _PARAM_RE.findall(text)}
 
 
 _CANONICAL: Final[dict[str, str]] = dict(_SPECIAL_CASE)
@@ -375,7 +369,7 @@ def parse_name_addr(value: str, where: str = "header") -> NameAddr:
     m = _FAST_NAME_ADDR_RE.fullmatch(value)
     if m is not None:
         display, uri, params = m.groups()
-        return NameAddr(uri, display, _fast_params(params) if params else {})
+        return NameAddr(uri, display, split_params(params) if params else {})
     return _parse_name_addr(value, where)
 
 
@@ -458,7 +452,7 @@ def parse_via(value: str) -> Via:
         transport, host, port, params = m.groups()
         if port is None or int(port) <= 65535:
             return Via(transport.upper(), host, int(port) if port else None,
-                       _fast_params(params) if params else {})
+                       split_params(params) if params else {})
     return _parse_via(value)
 
 

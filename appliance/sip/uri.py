@@ -10,7 +10,8 @@ import re
 from typing import Final
 from urllib.parse import unquote
 
-__all__ = ["URIError", "SipURI", "TelURI", "AbsoluteURI", "URI", "parse_uri", "unescape"]
+__all__ = ["URIError", "SipURI", "TelURI", "AbsoluteURI", "URI", "parse_uri", "unescape",
+           "split_params"]
 
 
 class URIError(ValueError):
@@ -230,7 +231,17 @@ def _parse_host_port(text: str) -> tuple[str, int | None]:
 _FAST_SIP_RE: Final = re.compile(
     r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,%]+)@)?([A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?"
     r"((?:;[^;?=@\x00-\x20<>\"]+(?:=[^;?=@\x00-\x20<>\"]+)?)*)")
-_FAST_PARAM_RE: Final = re.compile(r";([^;=]+)(?:=([^;]+))?")
+
+
+def split_params(text: str) -> dict[str, str | None]:
+    """`;name=value;name` already matched by a fast-path expression whose names and
+    values hold no ';' or '=' (here, in Via and in name-addr), so splitting there is
+    exact: names lower-cased, bare names → None."""
+    params: dict[str, str | None] = {}
+    for item in text[1:].split(";"):
+        name, _, value = item.partition("=")
+        params[name.lower()] = value or None
+    return params
 
 
 def parse_uri(text: str) -> URI:
@@ -240,8 +251,7 @@ def parse_uri(text: str) -> URI:
         scheme, user, host, port, params = m.groups()
         if port is None or int(port) <= 65535:
             return SipURI(host, user, int(port) if port else None, scheme, None,
-                          {k.lower(): v or None for k, v in _FAST_PARAM_RE.findall(params)}
-                          if params else {})
+                          split_params(params) if params else {})
     return _parse_uri(text)
 
 
