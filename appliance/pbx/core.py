@@ -96,6 +96,7 @@ class Pbx:
         self.digest = DigestServer(realm, secret, algorithms=tuple(config.sip.auth_algorithms),
                                    tracked_since=time.time())
         self.registrar = Registrar(self)
+        self.clock: Callable[[], float] = time.time  # the registrar's wall clock
         self.calls: set[Call] = set()
         # (Call-ID, our tag) → the call leg that dialog belongs to
         self.dialogs: dict[tuple[str, str], DialogUser] = {}
@@ -105,6 +106,7 @@ class Pbx:
         self._stateless_tag = hashlib.blake2b(b"stateless To tag", key=secret[:64],
                                               digest_size=8).hexdigest()
         endpoint.stateless_ack_mark = f";tag={self._stateless_tag}".encode()
+        endpoint.express_register = self.registrar.express
         # A SIP worker (appliance/workers.py) runs calls between extensions only, and hands
         # the rest to the daemon: `elsewhere()` hands it the datagram being handled, as it
         # arrived. The daemon hands a worker its requests before parsing them
@@ -277,6 +279,10 @@ class Pbx:
     def password_of(self, user: str) -> str | None:
         ext = self.config.extensions.get(user)
         return ext.password if ext else None
+
+    @property
+    def stateless_tag(self) -> str:
+        return self._stateless_tag
 
     def tag_for(self, req: Request) -> str:
         """A To tag for final responses outside any dialog (stable per request)."""

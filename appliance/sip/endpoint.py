@@ -20,6 +20,7 @@ from .message import (
     ParseError,
     Request,
     Response,
+    Via,
     make_response,
     parse_message,
     split_list,
@@ -69,6 +70,9 @@ class Endpoint:
         # b";tag=" + the To tag of our stateless answers (digest challenges): an ACK that
         # carries it is dropped unparsed, as a stateless UAS ignores it (§8.2.7)
         self.stateless_ack_mark = b""
+        # The registrar's express path (Registrar.express): a REGISTER datagram it
+        # answered (True), or left to the general path (False).
+        self.express_register: Callable[[bytes, Peer], bool] | None = None
 
     async def start(self, bind: str, udp_port: int, tcp_port: int, tls_port: int | None,
                     server_ssl: ssl.SSLContext | None, udp_group: int = 0) -> dict[str, int]:
@@ -156,6 +160,16 @@ class Endpoint:
         mark = self.stateless_ack_mark
         if mark and data.startswith(b"ACK ") and mark in data:
             return
+        express = self.express_register
+        if express is not None and peer.transport == "udp" and data.startswith(b"REGISTER "):
+            try:
+                done = express(data, peer)
+            except Exception:  # never take the daemon down; the datagram is dropped
+                log.exception("registrar failed on REGISTER from %s:%s", peer.host, peer.port)
+                return
+            if done:
+                self.pump()
+                return
         try:
             msg = parse_message(data, stream=peer.reliable)
         except ParseError as e:
@@ -261,9 +275,8 @@ class Endpoint:
         self.pump()
 
 
-def _stamp_via(req: Request, peer: Peer) -> None:
-    """§18.2.1 received, RFC 3581 §4 rport, on the top Via of a request."""
-    via = req.top_via
+def stamp_received(via: Via, peer: Peer) -> bool:
+    """§18.2.1 received, RFC 3581 §4 rport, on a request's top Via; whether it changed."""
     params = via.params
     changed = False
     if via.host.strip("[]") != peer.host:
@@ -273,7 +286,13 @@ def _stamp_via(req: Request, peer: Peer) -> None:
         params["rport"] = str(peer.port)
         params["received"] = peer.host
         changed = True
-    if changed:
+    return changed
+
+
+def _stamp_via(req: Request, peer: Peer) -> None:
+    """stamp_received on the top Via of a request, and its header line rewritten."""
+    via = req.top_via
+    if stamp_received(via, peer):
         # Rewrite only the first Via value; later ones stay byte-identical.
         # (The parsed Via, edited in place above, stays cached.)
         headers = req.headers

@@ -34,13 +34,13 @@ from heapq import heappop, heappush
 from itertools import count
 from typing import Any, Final
 
-from .message import Headers, ParseError, Request, Response, make_response
+from .message import Headers, ParseError, Request, Response, Via, make_response
 from .tokens import token_hex
 
 __all__ = [
     "Peer", "Timers", "ClientTransaction", "ServerTransaction", "TransactionLayer",
     "RequestReceived", "ResponseReceived", "TransactionTimeout", "TransportError",
-    "AckTimeout", "Event", "make_cancel", "new_branch", "MAGIC_COOKIE", "OWN_PORT",
+    "AckTimeout", "Event", "make_cancel", "new_branch", "reply_peer", "MAGIC_COOKIE", "OWN_PORT",
 ]
 
 MAGIC_COOKIE: Final = "z9hG4bK"    # §8.1.1.7: branch values of RFC 3261 implementations
@@ -441,6 +441,32 @@ class TransactionLayer:
             txn.last_response = None
         txn.request = RELEASED
 
+    def has_server(self, key: tuple) -> bool:
+        """Whether a server transaction with this RFC 3261 key (branch, sent-by host in
+        lower case, port, method) exists: a request with it is a retransmission."""
+        return key in self._servers
+
+    def answered(self, key: tuple, source: Peer, peer: Peer, data: bytes, now: float) -> None:
+        """A non-INVITE request (RFC 3261 key `key`, see has_server) that the TU answered
+        with the final response `data` without a parsed request (the registrar's express
+        path): sent, and the transaction kept Completed as `respond` then `release` keep
+        it, the response bytes only, to answer retransmissions until Timer J (§17.2.2)."""
+        txn = ServerTransaction(next(self._ids), RELEASED, source, peer, key[3], key,
+                                self._servers)
+        txn.state = "completed"
+        txn._data = data
+        self._servers[key] = txn
+        self._index_peer(txn)
+        self._out.append((peer, data))
+        if txn._reliable:
+            self._terminate(txn)   # Timer J = 0
+        else:
+            self._schedule_t64(now, txn, _timer_j)
+
+    def send_bytes(self, peer: Peer, data: bytes) -> None:
+        """Queue a serialized message outside any transaction (a stateless UAS's answer)."""
+        self._out.append((peer, data))
+
     def send_stateless(self, msg: Request | Response, peer: Peer) -> None:
         """Queue a message outside any transaction (ACK for 2xx, stray replies)."""
         self._out.append((peer, msg.to_bytes()))
@@ -478,19 +504,7 @@ class TransactionLayer:
         """
         if source.transport in _RELIABLE:
             return source
-        via = request.top_via
-        params = via.params
-        maddr = params.get("maddr")
-        if maddr:
-            host = maddr[1:-1] if maddr.startswith("[") else maddr
-        elif "rport" in params:
-            return source
-        else:
-            host = source.host
-        port = via.port or (5061 if source.transport == "tls" else 5060)
-        if host == source.host and port == source.port:
-            return source
-        return Peer(source.transport, host, port, source.conn)
+        return reply_peer(request.top_via, source)
 
     def find_server(self, request: Request) -> ServerTransaction | None:
         """The server transaction `request` matches (§17.2.3).
@@ -735,6 +749,24 @@ class TransactionLayer:
             bucket.pop(txn, None)
             if not bucket:
                 del self._by_peer[txn._pkey]
+
+
+def reply_peer(via: Via, source: Peer) -> Peer:
+    """Where responses go over an unreliable transport (§18.2.2, RFC 3581 §4) for a
+    request from `source` whose top Via is `via`: `maddr`, else with `rport` the source,
+    else the source address and the sent-by port."""
+    params = via.params
+    maddr = params.get("maddr")
+    if maddr:
+        host = maddr[1:-1] if maddr.startswith("[") else maddr
+    elif "rport" in params:
+        return source
+    else:
+        host = source.host
+    port = via.port or (5061 if source.transport == "tls" else 5060)
+    if host == source.host and port == source.port:
+        return source
+    return Peer(source.transport, host, port, source.conn)
 
 
 # -- timer handlers (module functions: heap entries hold no closures) -------------

@@ -1,0 +1,208 @@
+"""A REGISTER read straight from its header lines: the registrar's express path.
+
+Nearly every REGISTER a box sees has one shape: one Via, From, To, Call-ID, CSeq, at
+most one Contact and one Authorization, no body. Building `Headers`, a `Request` and
+parsed values the registrar never reads is most of what a registration costs
+(docs/performance.md). `read_register` reads such a datagram's lines and makes every
+check `parse_message` and `validate_request` (RFC 3261 §8.2) would make on it, with the
+same parsers (`parse_via`, the name-addr fast path, `parse_uri`); anything else (an
+error, a header it does not know how to judge, any doubt) gives None, and the general
+path answers the datagram as before, errors included. So the express path never
+answers differently: tests/unit/test_register_express.py sends both paths the same
+datagrams, mutated, and compares what they send.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .message import (
+    MAX_CSEQ,
+    SINGLE_HEADERS,
+    ParseError,
+    Via,
+    _is_token,
+    _key,
+    parse_name_addr,
+    parse_via,
+)
+from .uri import SipURI, TelURI, URIError, parse_uri
+
+# What the express path reads, by the header's lowercase full name; any other header it
+# ignores, as the registrar does (0), unless it is one the general path would act on or
+# refuse (-1: Require's 420, Path's Supported in the 200, a body's type, and the single
+# headers the general path checks for repeats).
+_VIA: Final = 1
+_FROM: Final = 2
+_TO: Final = 3
+_CALL_ID: Final = 4
+_CSEQ: Final = 5
+_MAX_FORWARDS: Final = 6
+_EXPIRES: Final = 7
+_CONTACT: Final = 8
+_AUTHORIZATION: Final = 9
+_CONTENT_LENGTH: Final = 10
+_USER_AGENT: Final = 11
+_CODES: Final[dict[str, int]] = {
+    **{k: -1 for k in ("require", "path", "content-type", *SINGLE_HEADERS)},
+    "via": _VIA, "from": _FROM, "to": _TO, "call-id": _CALL_ID, "cseq": _CSEQ,
+    "max-forwards": _MAX_FORWARDS, "expires": _EXPIRES, "contact": _CONTACT,
+    "authorization": _AUTHORIZATION, "content-length": _CONTENT_LENGTH,
+    "user-agent": _USER_AGENT,
+}
+# header name as written → its code, -2 for a name that is not a token; bounded, names
+# come from the network
+_NAME_CODES: Final[dict[str, int]] = {}
+
+
+def _code(name: str) -> int:
+    code = _NAME_CODES.get(name)
+    if code is None:
+        stripped = name.rstrip(" \t")
+        code = _CODES.get(_key(stripped), 0) if _is_token(stripped) else -2
+        if len(_NAME_CODES) < 1024:
+            _NAME_CODES[name] = code
+    return code
+
+
+# A Request-URI's verdict by its text (a box's phones all send the same one or two).
+_RURI_OK: Final[dict[str, bool]] = {}
+
+
+class RegisterRequest:
+    """The header values of a REGISTER the registrar reads, as sent (stripped of LWS)."""
+
+    __slots__ = ("via_text", "via", "from_", "to", "call_id", "cseq", "cseq_num", "aor",
+                 "contact", "contact_params", "expires", "authorization", "user_agent")
+
+    def __init__(self) -> None:
+        self.via_text = ""
+        self.via: Via | None = None
+        self.from_ = ""
+        self.to = ""
+        self.call_id = ""
+        self.cseq = ""
+        self.cseq_num = 0
+        self.aor: str | None = None        # the user part of the To URI
+        self.contact: str | None = None    # the Contact URI; None: a query (§10.2.3)
+        self.contact_params: dict[str, str | None] = {}
+        self.expires: str | None = None
+        self.authorization: str | None = None
+        self.user_agent = ""
+
+
+def read_register(data: bytes) -> RegisterRequest | None:
+    """The REGISTER datagram `data` if the general path would accept it and it has the
+    common shape; None: leave it to the general path."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end + 4 != len(data) or not data.isascii():
+        return None
+    head = data[:end].decode("ascii")
+    lines = head.split("\r\n")
+    breaks = len(lines) - 1
+    if head.count("\r") != breaks or head.count("\n") != breaks:
+        return None  # a bare CR or LF (§7.5)
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[0] != "REGISTER" or parts[2] != "SIP/2.0":
+        return None
+    r = RegisterRequest()
+    seen = 0
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if not line or line[0] == " " or line[0] == "\t":
+            return None  # folded (§7.3.1)
+        colon = line.find(":")
+        if colon <= 0:
+            return None
+        code = _code(line[:colon])
+        if code <= 0:
+            if code == 0:
+                continue
+            return None
+        bit = 1 << code
+        if seen & bit:
+            return None  # a second Via, Contact, Authorization... or a repeated single one
+        seen |= bit
+        value = line[colon + 1 :].strip(" \t")
+        if code == _VIA:
+            r.via_text = value
+        elif code == _FROM:
+            r.from_ = value
+        elif code == _TO:
+            r.to = value
+        elif code == _CALL_ID:
+            r.call_id = value
+        elif code == _CSEQ:
+            r.cseq = value
+        elif code == _CONTACT:
+            r.contact = value
+        elif code == _AUTHORIZATION:
+            r.authorization = value
+        elif code == _EXPIRES:
+            if not value.isdigit() or int(value) > 2**32 - 1:
+                return None
+            r.expires = value
+        elif code == _MAX_FORWARDS:
+            if not value.isdigit() or int(value) > 255:
+                return None
+        elif code == _CONTENT_LENGTH:
+            if value != "0":
+                return None
+        else:
+            r.user_agent = value
+    return r if _checked(r, parts[1]) else None
+
+
+def _checked(r: RegisterRequest, ruri: str) -> bool:
+    """§8.2's checks of the general path on what `read_register` collected; the parsed
+    values filled in."""
+    call_id = r.call_id
+    if not call_id or " " in call_id or not r.from_ or not r.to or not r.via_text:
+        return False
+    cseq = r.cseq.split()
+    if len(cseq) != 2 or cseq[1] != "REGISTER" or not cseq[0].isdigit():
+        return False
+    num = int(cseq[0])
+    if num > MAX_CSEQ:
+        return False
+    r.cseq_num = num
+    try:
+        parse_name_addr(r.from_, "From")
+        to = parse_name_addr(r.to, "To")
+        if "tag" in to.params:
+            return False  # within a dialog: the general path answers 481
+        to_uri = parse_uri(to.uri)
+        if "," in r.via_text or r.via_text != r.via_text.strip():
+            return False  # several Via values, or more than LWS around one
+        via = parse_via(r.via_text)
+        contact = r.contact
+        if contact is not None:
+            if "," in contact or contact != contact.strip():
+                return False  # several Contact values
+            c = parse_name_addr(contact, "Contact")
+            parse_uri(c.uri)  # ('*' raises here: the general path takes it)
+            r.contact = c.uri
+            r.contact_params = c.params
+    except (URIError, ParseError):
+        return False
+    if not isinstance(to_uri, SipURI | TelURI):
+        return False
+    r.aor = to_uri.user
+    r.via = via
+    ok = _RURI_OK.get(ruri)
+    if ok is None:
+        ok = _ruri_ok(ruri)
+        if len(_RURI_OK) < 64:  # bounded: Request-URIs come from the network
+            _RURI_OK[ruri] = ok
+    return ok
+
+
+def _ruri_ok(text: str) -> bool:
+    """A Request-URI validate_request accepts for a SIP URI (a tel: one: the general path)."""
+    if not text or text[0] == "<" or "\t" in text:
+        return False
+    try:
+        uri = parse_uri(text)
+    except URIError:
+        return False
+    return isinstance(uri, SipURI) and uri.headers is None
