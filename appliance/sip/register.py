@@ -95,19 +95,22 @@ def read_register(data: bytes) -> RegisterRequest | None:
     """The REGISTER datagram `data` if the general path would accept it and it has the
     common shape; None: leave it to the general path."""
     end = data.find(b"\r\n\r\n")
-    if end < 0 or end + 4 != len(data) or not data.isascii():
+    if end < 0 or end + 4 != len(data):
+        return None  # a body, or none of the header section's end
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
         return None
-    head = data[:end].decode("ascii")
-    lines = head.split("\r\n")
+    lines = text.split("\r\n")  # the last two are the empty ones of the final CRLFCRLF
     breaks = len(lines) - 1
-    if head.count("\r") != breaks or head.count("\n") != breaks:
+    if text.count("\r") != breaks or text.count("\n") != breaks:
         return None  # a bare CR or LF (§7.5)
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[0] != "REGISTER" or parts[2] != "SIP/2.0":
         return None
     r = RegisterRequest()
     seen = 0
-    for i in range(1, len(lines)):
+    for i in range(1, breaks - 1):
         line = lines[i]
         if not line or line[0] == " " or line[0] == "\t":
             return None  # folded (§7.3.1)
@@ -166,35 +169,76 @@ def _checked(r: RegisterRequest, ruri: str) -> bool:
     if num > MAX_CSEQ:
         return False
     r.cseq_num = num
+    to = _TO_SEEN.get(r.to)
+    if to is None:
+        to = _aor(r.to)
+        _remember(_TO_SEEN, r.to, to)
+    if not to[0]:
+        return False
+    r.aor = to[1]
+    contact = r.contact
+    if contact is not None:
+        found = _CONTACT_SEEN.get(contact)
+        if found is None:
+            found = _contact(contact)
+            _remember(_CONTACT_SEEN, contact, found)
+        if not found[0]:
+            return False
+        r.contact = found[0]
+        r.contact_params = found[1]
+    via = r.via_text
+    if "," in via or via != via.strip():
+        return False  # several Via values, or more than LWS around one
     try:
         parse_name_addr(r.from_, "From")
-        to = parse_name_addr(r.to, "To")
-        if "tag" in to.params:
-            return False  # within a dialog: the general path answers 481
-        to_uri = parse_uri(to.uri)
-        if "," in r.via_text or r.via_text != r.via_text.strip():
-            return False  # several Via values, or more than LWS around one
-        via = parse_via(r.via_text)
-        contact = r.contact
-        if contact is not None:
-            if "," in contact or contact != contact.strip():
-                return False  # several Contact values
-            c = parse_name_addr(contact, "Contact")
-            parse_uri(c.uri)  # ('*' raises here: the general path takes it)
-            r.contact = c.uri
-            r.contact_params = c.params
-    except (URIError, ParseError):
+        r.via = parse_via(via)
+    except ParseError:
         return False
-    if not isinstance(to_uri, SipURI | TelURI):
-        return False
-    r.aor = to_uri.user
-    r.via = via
     ok = _RURI_OK.get(ruri)
     if ok is None:
         ok = _ruri_ok(ruri)
         if len(_RURI_OK) < 64:  # bounded: Request-URIs come from the network
             _RURI_OK[ruri] = ok
     return ok
+
+
+# To and Contact values checked, by their text: a phone sends the same ones in every
+# refresh (the To of a REGISTER has no tag). Bounded: values come from the network.
+_TO_SEEN: Final[dict[str, tuple[bool, str | None]]] = {}
+_CONTACT_SEEN: Final[dict[str, tuple[str, dict[str, str | None]]]] = {}
+
+
+def _remember(cache: dict, text: str, value: tuple) -> None:
+    if len(cache) >= 4096:
+        cache.clear()
+    cache[text] = value
+
+
+def _aor(to: str) -> tuple[bool, str | None]:
+    """(True, the user part) of a To value the general path accepts (None: a URI
+    without one); False for one it refuses, or that carries a tag (a request within a
+    dialog: the general path answers 481)."""
+    try:
+        value = parse_name_addr(to, "To")
+        uri = parse_uri(value.uri)
+    except (URIError, ParseError):
+        return False, None
+    if "tag" in value.params or not isinstance(uri, SipURI | TelURI):
+        return False, None
+    return True, uri.user
+
+
+def _contact(text: str) -> tuple[str, dict[str, str | None]]:
+    """The URI and parameters of one Contact value the general path accepts; ("", {})
+    for anything else ('*', several values, a bad URI): the general path takes it."""
+    if "," in text or text != text.strip():
+        return "", {}
+    try:
+        value = parse_name_addr(text, "Contact")
+        parse_uri(value.uri)
+    except (URIError, ParseError):
+        return "", {}
+    return value.uri, value.params
 
 
 def _ruri_ok(text: str) -> bool:
