@@ -5,7 +5,7 @@ most one Contact and one Authorization, no body. Building `Headers`, a `Request`
 parsed values the registrar never reads is most of what a registration costs
 (docs/performance.md). `read_register` reads such a datagram's lines and makes every
 check `parse_message` and `validate_request` (RFC 3261 §8.2) would make on it, with the
-same parsers (`parse_via`, the name-addr fast path, `parse_uri`); anything else (an
+same parsers (`parse_via`, `parse_name_addr`, `parse_uri`); anything else (an
 error, a header it does not know how to judge, any doubt) gives None, and the general
 path answers the datagram as before, errors included. So the express path never
 answers differently: tests/unit/test_register_express.py sends both paths the same

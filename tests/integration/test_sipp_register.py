@@ -106,6 +106,25 @@ def test_replayed_nonce_count_is_refused(daemon) -> None:
         assert final is not None and final.status == 401, final
 
 
+def test_the_express_and_the_general_path_answer_alike(daemon) -> None:
+    """A plain REGISTER over UDP takes the registrar's express path; `Require: path` (an
+    extension we support, §8.2.2.3) sends the same REGISTER down the general path. The
+    phone must not be able to tell: the same 401 and the same 200, to the byte but for
+    per-request values."""
+    answers = []
+    with rawsip.SipClient("udp", ("127.0.0.1", daemon.port)) as c:
+        for extra in ([], ["Require: path"]):
+            res = rawsip.register(c, user="100", password=daemon.passwords["100"],
+                                  domain="127.0.0.1", algorithm="MD5", expires=300,
+                                  extra_headers=extra)
+            assert res.status == 200, res.transcript()
+            assert res.challenge is not None
+            answers.append([rawsip.mask_volatile(m.text())
+                            for m in (res.challenge, res.final)])
+    assert answers[0] == answers[1]
+    assert "Contact: <sip:100@" in answers[0][1] and ";expires=300\r\n" in answers[0][1]
+
+
 def test_crlf_keepalive_is_answered_on_tcp(daemon) -> None:
     import socket
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=3) as s:
