@@ -235,8 +235,8 @@ _FAST_SIP_RE: Final = re.compile(
 
 def split_params(text: str) -> dict[str, str | None]:
     """`;name=value;name` already matched by a fast-path expression whose names and
-    values hold no ';' or '=' (here, in Via and in name-addr), so splitting there is
-    exact: names lower-cased, bare names → None."""
+    values hold no ';' or '=' (a SIP URI's here, Via's and name-addr's in message.py),
+    so splitting there is exact: names lower-cased, bare names → None."""
     params: dict[str, str | None] = {}
     for item in text[1:].split(";"):
         name, _, value = item.partition("=")
