@@ -12,7 +12,8 @@ registration leave no cyclic garbage (tests/unit/test_gcpolicy.py), so:
 * what survives gen0 is not walked again until a full collection. A call's objects live
   for its whole length (seconds) and its transactions 32 s more; with gen1 collected
   every other gen0 collection each of them was walked twice, and the collector took 22%
-  of the daemon's CPU at 3,000-4,000 calls/s (9% now; bench/hotspots.py's GC report);
+  of the daemon's CPU at 3,000-4,000 calls/s (9% now; BENCH_GC_REPORT of
+  bench/appliance_md5_first.py);
 * a full collection runs only when the box is idle (no SIP message for a second, at
   most once a minute) or, under load that never lets up, every ten minutes: cycles that
   form among older objects wait for it.
