@@ -12,7 +12,7 @@ from ..sip.digest import DigestError, Verdict, parse_credentials
 from ..sip.endpoint import stamp_received
 from ..sip.message import ParseError, Request, Response, Via, make_response
 from ..sip.register import RegisterRequest, read_register
-from ..sip.transaction import MAGIC_COOKIE, Peer, ServerTransaction, reply_peer
+from ..sip.transaction import Peer, ServerTransaction, reply_peer, server_key
 from ..sip.uri import SipURI, TelURI
 from .location import Binding
 
@@ -157,15 +157,14 @@ class Registrar:
         if r is None or r.via is None:
             return False
         via = r.via
-        branch = via.params.get("branch")
-        if branch is None or not branch.startswith(MAGIC_COOKIE):
-            return False  # RFC 2543 transaction matching (§17.2.3): the general path
         if ";tag=" in r.to.replace(" ", "").lower():
             return False  # make_response would not add our tag
         pbx = self.pbx
         endpoint = pbx.endpoint
         layer = endpoint.layer
-        key = (branch, via.host.lower(), via.port, "REGISTER")
+        key = server_key(via, "REGISTER")
+        if key is None:
+            return False  # RFC 2543 transaction matching (§17.2.3): the general path
         if layer.has_server(key):
             return False  # a retransmission: the transaction answers it (§17.2.2)
         digest = pbx.digest

@@ -40,7 +40,7 @@ from .tokens import token_hex
 __all__ = [
     "Peer", "Timers", "ClientTransaction", "ServerTransaction", "TransactionLayer",
     "RequestReceived", "ResponseReceived", "TransactionTimeout", "TransportError",
-    "AckTimeout", "Event", "make_cancel", "new_branch", "reply_peer", "MAGIC_COOKIE", "OWN_PORT",
+    "AckTimeout", "Event", "make_cancel", "new_branch", "reply_peer", "server_key", "MAGIC_COOKIE", "OWN_PORT",
 ]
 
 MAGIC_COOKIE: Final = "z9hG4bK"    # §8.1.1.7: branch values of RFC 3261 implementations
@@ -442,12 +442,12 @@ class TransactionLayer:
         txn.request = RELEASED
 
     def has_server(self, key: tuple) -> bool:
-        """Whether a server transaction with this RFC 3261 key (branch, sent-by host in
-        lower case, port, method) exists: a request with it is a retransmission."""
+        """Whether a server transaction with this `server_key` exists: a request with it
+        is a retransmission."""
         return key in self._servers
 
     def answered(self, key: tuple, source: Peer, peer: Peer, data: bytes, now: float) -> None:
-        """A non-INVITE request (RFC 3261 key `key`, see has_server) that the TU answered
+        """A non-INVITE request (`server_key` `key`) that the TU answered
         with the final response `data` without a parsed request (the registrar's express
         path): sent, and the transaction kept Completed as `respond` then `release` keep
         it, the response bytes only, to answer retransmissions until Timer J (§17.2.2)."""
@@ -526,10 +526,9 @@ class TransactionLayer:
     def _match(self, req: Request, method: str) -> tuple[dict, tuple, ServerTransaction | None]:
         """(index, key, transaction) for `req` matched as if its method were `method`."""
         via = req.top_via
-        branch = via.params.get("branch")
-        if branch is not None and branch.startswith(MAGIC_COOKIE):
+        key: tuple | None = server_key(via, method)
+        if key is not None:
             index = self._servers
-            key: tuple = (branch, via.host.lower(), via.port, method)
         else:
             # RFC 2543 peers (§17.2.3): Request-URI, To tag, From tag, Call-ID,
             # CSeq number, top Via, plus the method to tell INVITE/CANCEL/others apart.
@@ -541,9 +540,9 @@ class TransactionLayer:
     def _match_ack(self, ack: Request) -> ServerTransaction | None:
         """The INVITE server transaction an ACK belongs to (§17.2.3), if any."""
         via = ack.top_via
-        branch = via.params.get("branch")
-        if branch is not None and branch.startswith(MAGIC_COOKIE):
-            return self._servers.get((branch, via.host.lower(), via.port, "INVITE"))
+        key = server_key(via, "INVITE")
+        if key is not None:
+            return self._servers.get(key)
         # RFC 2543: the ACK's To tag is the tag of the response the transaction sent;
         # the INVITE had no To tag (initial) or the same one (re-INVITE).
         index = self._servers_2543
@@ -749,6 +748,16 @@ class TransactionLayer:
             bucket.pop(txn, None)
             if not bucket:
                 del self._by_peer[txn._pkey]
+
+
+def server_key(via: Via, method: str) -> tuple | None:
+    """The server transaction key of a request with top Via `via` (§17.2.3): branch,
+    sent-by host in lower case, port, method; None for a branch without the magic cookie
+    (RFC 2543, matched by the request's other fields)."""
+    branch = via.params.get("branch")
+    if branch is None or not branch.startswith(MAGIC_COOKIE):
+        return None
+    return (branch, via.host.lower(), via.port, method)
 
 
 def reply_peer(via: Via, source: Peer) -> Peer:
