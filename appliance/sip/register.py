@@ -43,6 +43,7 @@ _CONTACT: Final = 8
 _AUTHORIZATION: Final = 9
 _CONTENT_LENGTH: Final = 10
 _USER_AGENT: Final = 11
+_COUNT: Final = 12
 _CODES: Final[dict[str, int]] = {
     **{k: -1 for k in ("require", "path", "content-type", *SINGLE_HEADERS)},
     "via": _VIA, "from": _FROM, "to": _TO, "call-id": _CALL_ID, "cseq": _CSEQ,
@@ -50,8 +51,7 @@ _CODES: Final[dict[str, int]] = {
     "authorization": _AUTHORIZATION, "content-length": _CONTENT_LENGTH,
     "user-agent": _USER_AGENT,
 }
-# header name as written → its code, -2 for a name that is not a token; bounded, names
-# come from the network
+# header name as written → its code, -2 for a name that is not a token
 _NAME_CODES: Final[dict[str, int]] = {}
 
 
@@ -60,8 +60,7 @@ def _code(name: str) -> int:
     if code is None:
         stripped = name.rstrip(" \t")
         code = _CODES.get(_key(stripped), 0) if _is_token(stripped) else -2
-        if len(_NAME_CODES) < 1024:
-            _NAME_CODES[name] = code
+        _remember(_NAME_CODES, name, code)
     return code
 
 
@@ -108,8 +107,7 @@ def read_register(data: bytes) -> RegisterRequest | None:
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[0] != "REGISTER" or parts[2] != "SIP/2.0":
         return None
-    r = RegisterRequest()
-    seen = 0
+    values: list[str | None] = [None] * _COUNT  # by header code: each at most once
     for i in range(1, breaks - 1):
         line = lines[i]
         if not line or line[0] == " " or line[0] == "\t":
@@ -122,37 +120,28 @@ def read_register(data: bytes) -> RegisterRequest | None:
             if code == 0:
                 continue
             return None
-        bit = 1 << code
-        if seen & bit:
+        if values[code] is not None:
             return None  # a second Via, Contact, Authorization... or a repeated single one
-        seen |= bit
         value = line[colon + 1 :].strip(" \t")
-        if code == _VIA:
-            r.via_text = value
-        elif code == _FROM:
-            r.from_ = value
-        elif code == _TO:
-            r.to = value
-        elif code == _CALL_ID:
-            r.call_id = value
-        elif code == _CSEQ:
-            r.cseq = value
-        elif code == _CONTACT:
-            r.contact = value
-        elif code == _AUTHORIZATION:
-            r.authorization = value
-        elif code == _EXPIRES:
+        if code == _EXPIRES:
             if not value.isdigit() or int(value) > 2**32 - 1:
                 return None
-            r.expires = value
         elif code == _MAX_FORWARDS:
             if not value.isdigit() or int(value) > 255:
                 return None
-        elif code == _CONTENT_LENGTH:
-            if value != "0":
-                return None
-        else:
-            r.user_agent = value
+        elif code == _CONTENT_LENGTH and value != "0":
+            return None
+        values[code] = value
+    r = RegisterRequest()
+    r.via_text = values[_VIA] or ""
+    r.from_ = values[_FROM] or ""
+    r.to = values[_TO] or ""
+    r.call_id = values[_CALL_ID] or ""
+    r.cseq = values[_CSEQ] or ""
+    r.contact = values[_CONTACT]
+    r.authorization = values[_AUTHORIZATION]
+    r.expires = values[_EXPIRES]
+    r.user_agent = values[_USER_AGENT] or ""
     return r if _checked(r, parts[1]) else None
 
 
@@ -197,8 +186,7 @@ def _checked(r: RegisterRequest, ruri: str) -> bool:
     ok = _RURI_OK.get(ruri)
     if ok is None:
         ok = _ruri_ok(ruri)
-        if len(_RURI_OK) < 64:  # bounded: Request-URIs come from the network
-            _RURI_OK[ruri] = ok
+        _remember(_RURI_OK, ruri, ok)
     return ok
 
 
@@ -208,7 +196,9 @@ _TO_SEEN: Final[dict[str, tuple[bool, str | None]]] = {}
 _CONTACT_SEEN: Final[dict[str, tuple[str, dict[str, str | None]]]] = {}
 
 
-def _remember(cache: dict, text: str, value: tuple) -> None:
+def _remember(cache: dict, text: str, value: object) -> None:
+    """Keep `value` for `text` in one of this module's caches, bounded (their keys come
+    from the network): a full cache starts again."""
     if len(cache) >= 4096:
         cache.clear()
     cache[text] = value
