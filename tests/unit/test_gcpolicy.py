@@ -100,15 +100,6 @@ def _message(start: str, lines: list[str], body: bytes = b"") -> bytes:
     return head.encode() + b"\r\n\r\n" + body
 
 
-def _headers(data: bytes) -> dict[str, str]:
-    head = data.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
-    out: dict[str, str] = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        out.setdefault(name.strip().lower(), value.strip())
-    return {"start": head[0], **out}
-
-
 def test_calls_leave_no_cyclic_garbage():
     """A whole call through the PBX (challenge, ringing, answer, ACK, BYE) in process, as
     the bench's SIPp scenario makes it: nothing for the cycle collector afterwards."""
@@ -119,6 +110,7 @@ def test_calls_leave_no_cyclic_garbage():
     from appliance.sip.endpoint import Endpoint
     from appliance.sip.transaction import Peer, Timers
     from appliance.store.config import Extension, default_config
+    from tests.peers.rawsip import SipMessage, parse_message
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -136,11 +128,19 @@ def test_calls_leave_no_cyclic_garbage():
     later: list = []   # what a call leaves to run later (its stand-in's end): run at once
     loop.call_later = lambda delay, fn, *args: later.append((fn, args))  # type: ignore
 
-    def feed(data: bytes, peer: Peer) -> list[dict[str, str]]:
+    def feed(data: bytes, peer: Peer) -> list[SipMessage]:
         endpoint._on_bytes(data, peer)
-        out = [_headers(d) for _, d in sent]
+        out = [parse_message(d) for _, d in sent]
         sent.clear()
         return out
+
+    def h(m: SipMessage, name: str) -> str:
+        value = m.header(name)
+        assert value is not None, (name, m.start_line)
+        return value
+
+    def copied(m: SipMessage, *names: str) -> list[str]:
+        return [f"{name}: {h(m, name)}" for name in names]
 
     def one_call(n: int) -> None:
         ruri = "sip:300@127.0.0.1:5060"
@@ -150,32 +150,30 @@ def test_calls_leave_no_cyclic_garbage():
         invite = [*common, "To: <sip:300@127.0.0.1>", "Contact: <sip:200@127.0.0.1:5070>"]
         [challenge] = feed(_message(f"INVITE {ruri} SIP/2.0",
                                     [via.format(1), *invite, "CSeq: 1 INVITE"], SDP), caller)
-        assert challenge["start"].startswith("SIP/2.0 407")
+        assert challenge.start_line.startswith("SIP/2.0 407")
         assert feed(_message(f"ACK {ruri} SIP/2.0", [via.format(1), *common,
-                                                    f"To: {challenge['to']}", "CSeq: 1 ACK"]),
+                                                    *copied(challenge, "To"), "CSeq: 1 ACK"]),
                     caller) == []
-        creds = answer_challenge(parse_challenge(challenge["proxy-authenticate"]), "INVITE",
+        creds = answer_challenge(parse_challenge(h(challenge, "proxy-authenticate")), "INVITE",
                                  ruri, "200", "caller-pw")
         out = feed(_message(f"INVITE {ruri} SIP/2.0", [
             via.format(2), *invite, "CSeq: 2 INVITE",
             f"Proxy-Authorization: {creds.to_header()}"], SDP), caller)
-        [leg_b] = [m for m in out if m["start"].startswith("INVITE ")]
-        answer = [f"Via: {leg_b['via']}", f"From: {leg_b['from']}",
-                  f"To: {leg_b['to']};tag=b{n}", f"Call-ID: {leg_b['call-id']}",
-                  f"CSeq: {leg_b['cseq']}", "Contact: <sip:300@127.0.0.1:5080>"]
+        [leg_b] = [m for m in out if m.start_line.startswith("INVITE ")]
+        answer = [*copied(leg_b, "Via", "From"), f"To: {h(leg_b, 'to')};tag=b{n}",
+                  *copied(leg_b, "Call-ID", "CSeq"), "Contact: <sip:300@127.0.0.1:5080>"]
         feed(_message("SIP/2.0 180 Ringing", answer), callee)
         [ok] = [m for m in feed(_message("SIP/2.0 200 OK", answer, SDP), callee)
-                if m["start"].startswith("SIP/2.0 200")]
-        target = ok["contact"].strip("<>")
-        dialog = [*common, f"To: {ok['to']}"]
+                if m.start_line.startswith("SIP/2.0 200")]
+        target = h(ok, "contact").strip("<>")
+        dialog = [*common, *copied(ok, "To")]
         feed(_message(f"ACK {target} SIP/2.0", [via.format(3), *dialog, "CSeq: 2 ACK"]),
              caller)
         out = feed(_message(f"BYE {target} SIP/2.0", [via.format(4), *dialog, "CSeq: 3 BYE"]),
                    caller)
-        [bye] = [m for m in out if m["start"].startswith("BYE ")]
-        feed(_message("SIP/2.0 200 OK", [f"Via: {bye['via']}", f"From: {bye['from']}",
-                                         f"To: {bye['to']}", f"Call-ID: {bye['call-id']}",
-                                         f"CSeq: {bye['cseq']}"]), callee)
+        [bye] = [m for m in out if m.start_line.startswith("BYE ")]
+        feed(_message("SIP/2.0 200 OK", copied(bye, "Via", "From", "To", "Call-ID", "CSeq")),
+             callee)
 
     one_call(0)   # first: what a call imports on first use
     gc.collect()
