@@ -108,12 +108,13 @@ class Settings:
 
 FULL = Settings(
     reg_rates=[250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 7000, 8000, 10000, 12000,
-               15000, 20000, 25000, 30000],
+               15000, 20000, 25000, 30000, 35000],
     reg_seconds=8,
-    call_rates=[50, 100, 200, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000, 5000],
+    call_rates=[50, 100, 200, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000, 5000,
+                6000, 7000, 8000],
     call_seconds=8,
-    ceiling_reg_extra=[35000],
-    ceiling_call_extra=[6000],
+    ceiling_reg_extra=[40000],
+    ceiling_call_extra=[10000],
     startup_samples=3,
 )
 QUICK = Settings(
