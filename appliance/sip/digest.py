@@ -146,17 +146,41 @@ _NC_RE: Final = re.compile(r"[0-9a-fA-F]{8}")  # nc-value = 8LHEX (RFC 2617 §3.
 # What phones send: `Digest name="value", name=token, ...` with single spaces, no escapes.
 _FAST_ITEM: Final = r'[A-Za-z0-9_\-]+=(?:"[^"\\\x00-\x1f\x7f]*"|[^\x00-\x20",\\\x7f]+)'
 _FAST_RE: Final = re.compile(rf"Digest {_FAST_ITEM}(?:, ?{_FAST_ITEM})*")
-_FAST_ITEM_RE: Final = re.compile(r'([A-Za-z0-9_\-]+)=(?:"([^"]*)"|([^,]+))')
 
 
 def _parse_params(value: str) -> dict[str, str]:
     """'Digest a=b, c="d"' -> {"a": "b", "c": "d"}: names lower-cased, quoted-pairs undone."""
     if _FAST_RE.fullmatch(value) is not None:
-        items = _FAST_ITEM_RE.findall(value, 7)
-        fast = {name.lower(): quoted or token for name, quoted, token in items}
-        if len(fast) == len(items):  # a repeated name is refused by the general parser
+        fast = _split_fast(value)
+        if fast is not None:
             return fast
     return _parse_params_general(value)
+
+
+def _split_fast(value: str) -> dict[str, str] | None:
+    """The items of a value _FAST_RE matched, cut by position: a name holds no "=", a quoted
+    value no quote, a token no comma, and "," or ", " separates them. None for a repeated
+    name, which the general parser refuses. (A regex findall cost twice as much.)"""
+    params: dict[str, str] = {}
+    pos, end = 7, len(value)  # after "Digest "
+    while pos < end:
+        eq = value.find("=", pos)
+        name = value[pos:eq].lower()
+        if value[eq + 1] == '"':
+            pos = value.find('"', eq + 2)
+            item = value[eq + 2 : pos]
+            pos += 1
+        else:
+            pos = value.find(",", eq + 1)
+            if pos < 0:
+                pos = end
+            item = value[eq + 1 : pos]
+        if name in params:
+            return None
+        params[name] = item
+        if pos < end:  # at the comma
+            pos += 2 if value[pos + 1] == " " else 1
+    return params
 
 
 def _parse_params_general(value: str) -> dict[str, str]:
