@@ -246,18 +246,19 @@ class _PrackSent:
 
 class _AckAgain:
     """What an ended call leaves on its answered fork's INVITE transaction (Timer M):
-    a 2xx the callee retransmits because our ACK was lost gets that ACK again."""
+    a 2xx the callee retransmits because our ACK was lost gets that ACK again, the same
+    bytes (kept as sent, not parsed: this lives for the 32 s of Timer M)."""
 
     __slots__ = ("endpoint", "ack", "peer")
 
-    def __init__(self, endpoint: Any, ack: Request | None, peer: Peer) -> None:
+    def __init__(self, endpoint: Any, ack: bytes | None, peer: Peer) -> None:
         self.endpoint = endpoint
         self.ack = ack
         self.peer = peer
 
     def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
         if 200 <= resp.status < 300 and self.ack is not None:
-            self.endpoint.send_stateless(self.ack, self.peer)
+            self.endpoint.send_bytes(self.peer, self.ack)
 
     def on_failure(self, txn: ClientTransaction, status: int) -> None:
         pass
@@ -343,7 +344,7 @@ class Call:
         self.visited: list[str] = []
         self.diversions: list[tuple[str, str, str]] = []  # (by, reason, target)
         self.pending_ack: dict[Leg, tuple[Leg, int]] = {}
-        self.sent_acks: dict[tuple[Leg, int], Request] = {}
+        self.sent_acks: dict[tuple[Leg, int], bytes] = {}  # as sent, to send again
         self.rel: ReliableProvisionals | None = None
         self.rel_timer: Any = None
         self.held_final: Response | None = None
@@ -1012,8 +1013,9 @@ class Call:
         _copy_body(ack, out)
         if self.bridge is not None and is_sdp(ack.headers.get("content-type"), ack.body):
             out.body = self.bridge.rewrite_toward(target.name, ack.body)
-        self.sent_acks[(target, cseq)] = out
-        self.pbx.endpoint.send_stateless(out, target.peer)
+        data = out.to_bytes()
+        self.sent_acks[(target, cseq)] = data
+        self.pbx.endpoint.send_bytes(target.peer, data)
 
     def _ack(self, leg: Leg, cseq: int) -> Request:
         ep = self.pbx.endpoint
@@ -1022,7 +1024,7 @@ class Call:
     def resend_ack(self, leg: Leg, cseq: int) -> None:
         ack = self.sent_acks.get((leg, cseq))
         if ack is not None:
-            self.pbx.endpoint.send_stateless(ack, leg.peer)
+            self.pbx.endpoint.send_bytes(leg.peer, ack)
 
     def _send_bye(self, leg: Leg) -> None:
         ep = self.pbx.endpoint

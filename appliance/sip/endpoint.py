@@ -151,6 +151,11 @@ class Endpoint:
         self.layer.send_stateless(msg, peer)
         self.pump()
 
+    def send_bytes(self, peer: Peer, data: bytes) -> None:
+        """A serialized message outside any transaction (an ACK for a 2xx sent again)."""
+        self.layer.send_bytes(peer, data)
+        self.pump()
+
     # -- receiving ----------------------------------------------------------------
     def _on_bytes(self, data: bytes, peer: Peer) -> None:
         self.received += 1
