@@ -17,12 +17,13 @@ layer also does, because every TU would otherwise have to:
 * give up on an INVITE client transaction stuck in Proceeding 64*T1 after the TU
   sent a CANCEL for it (§9.1), so that memory stays bounded.
 
-Performance notes: transactions are found with one dict lookup on a tuple key;
-all timers live in one heap of `(deadline, seq, txn, handler, generation)`
-entries. A transaction's generation is bumped when a state change cancels its
-timers (and on termination), which makes older heap entries stale; stale entries
-are skipped when popped. Outgoing messages are serialized once and the bytes kept
-for retransmission.
+Performance notes: transactions are found with one dict lookup on a tuple key.
+Timers are `(deadline, txn, handler, generation)` entries in one FIFO per delay
+(`_after`: every timer is set a fixed delay from now, and the delays are few), so
+setting and firing one is O(1); a heap takes only what would break a FIFO's order.
+A transaction's generation is bumped when a state change cancels its timers (and on
+termination), which makes older entries stale; stale entries are skipped when
+popped. Outgoing messages are serialized once and the bytes kept for retransmission.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
 MAGIC_COOKIE: Final = "z9hG4bK"    # §8.1.1.7: branch values of RFC 3261 implementations
 TRYING_DELAY: Final = 0.2          # §17.2.1: send 100 Trying if the TU has not answered by then
 TIMER_D_UNRELIABLE: Final = 32.0   # §17.1.1.2: Timer D > 32 s on unreliable transports
+_MAX_FIFOS: Final = 32             # distinct timer delays with a FIFO of their own (`_after`)
 
 _RELIABLE: Final = frozenset({"tcp", "tls", "sctp", "ws", "wss"})
 # `Peer.conn` of a datagram that came to a SIP worker's own UDP port (appliance/workers.py,
@@ -131,7 +133,7 @@ class ServerTransaction:
 
     __slots__ = ("id", "request", "source", "peer", "state", "is_invite", "method",
                  "cancels", "last_response", "user_data", "_key", "_index", "_pkey",
-                 "_ack_key", "_gen", "_interval", "_data", "_acked", "_reliable", "_expires")
+                 "_ack_key", "_gen", "_interval", "_data", "_acked", "_reliable")
 
     def __init__(self, id: int, request: Request, source: Peer, peer: Peer, method: str,
                  key: tuple, index: dict) -> None:
@@ -154,7 +156,6 @@ class ServerTransaction:
         self._data: bytes | None = None   # last response, serialized once
         self._acked = False
         self._reliable = source.reliable
-        self._expires = 0.0
 
     def __repr__(self) -> str:
         return f"<ServerTransaction #{self.id} {self.method} {self.state}>"
@@ -225,7 +226,7 @@ class TransactionLayer:
 
     __slots__ = ("timers", "_t1", "_t2", "_t4", "_t64", "_timer_d", "_clients", "_servers",
                  "_servers_2543", "_acks", "_by_peer", "_heap", "_seq", "_ids", "_out",
-                 "_events", "_ended", "_t64_queue", "dropped")
+                 "_events", "_ended", "_fifos", "_queues", "dropped")
 
     def __init__(self, timers: Timers | None = None) -> None:
         self.timers = timers = timers if timers is not None else Timers()
@@ -241,11 +242,12 @@ class TransactionLayer:
         self._servers_2543: dict[tuple, ServerTransaction] = {}  # §17.2.3 fallback keys
         self._acks: dict[tuple, ServerTransaction] = {}         # (Call-ID, CSeq, To tag) of 2xx
         self._by_peer: dict[tuple, dict[Txn, None]] = {}        # (transport, host, port)
+        # Timers by delay (`_after`): a FIFO each, and the heap for the rest. A call's
+        # transactions live on for 32 s after it ends (RFC 6026), so at 3,000 calls/s a
+        # heap held ~10^5 entries and each timer cost a sift through cold memory.
         self._heap: list[tuple] = []
-        # Timers of 64*T1 from now (B, F, H, J, L, M) expire in the order they were set,
-        # so they queue in a FIFO instead of the heap: O(1) where a registrar holding
-        # every REGISTER for Timer J would otherwise push and pop a heap of 10^5 entries.
-        self._t64_queue: deque[tuple] = deque()
+        self._fifos: dict[float, deque[tuple]] = {}
+        self._queues: list[deque[tuple]] = []   # the FIFOs' deques, for the merge
         self._seq = count()
         self._ids = count(1)
         self._out: list[tuple[Peer, bytes]] = []
@@ -283,25 +285,35 @@ class TransactionLayer:
             if entry[2]._gen == entry[4]:
                 break
             heappop(heap)  # stale: its transaction changed state or ended
-        queue = self._t64_queue
-        while queue:
-            entry = queue[0]
-            if entry[1]._gen == entry[3]:
-                break
-            queue.popleft()
-        if heap:
-            return min(heap[0][0], queue[0][0]) if queue else heap[0][0]
-        return queue[0][0] if queue else None
+        best: float | None = heap[0][0] if heap else None
+        for queue in self._queues:
+            while queue:
+                entry = queue[0]
+                if entry[1]._gen == entry[3]:
+                    when: float = entry[0]
+                    if best is None or when < best:
+                        best = when
+                    break
+                queue.popleft()
+        return best
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at `now`, in deadline order."""
         heap = self._heap
-        queue = self._t64_queue
+        queues = self._queues
         while True:
-            if heap and heap[0][0] <= now and (not queue or heap[0][0] <= queue[0][0]):
+            first: deque[tuple] | None = None   # the FIFO whose head is due first
+            due = 0.0
+            for queue in queues:
+                if queue and (first is None or queue[0][0] < due):
+                    due = queue[0][0]
+                    first = queue
+            if heap and (first is None or heap[0][0] <= due):
+                if heap[0][0] > now:
+                    return
                 _, _, txn, handler, gen = heappop(heap)
-            elif queue and queue[0][0] <= now:
-                _, txn, handler, gen = queue.popleft()
+            elif first is not None and due <= now:
+                _, txn, handler, gen = first.popleft()
             else:
                 return
             if txn._gen == gen:
@@ -350,13 +362,13 @@ class TransactionLayer:
         if txn.is_invite:
             if not txn._reliable:
                 txn._interval = t1
-                self._schedule(now + t1, txn, _timer_a)
-            self._schedule_t64(now, txn, _timer_b)
+                self._after(now, t1, txn, _timer_a)
+            self._after(now, self._t64, txn, _timer_b)
         else:
             if not txn._reliable:
                 txn._interval = t1
-                self._schedule(now + t1, txn, _timer_e)
-            self._schedule_t64(now, txn, _timer_f)
+                self._after(now, t1, txn, _timer_e)
+            self._after(now, self._t64, txn, _timer_f)
             if method == "CANCEL":
                 self._cancel_sent(branch, now)
         return txn
@@ -383,8 +395,8 @@ class TransactionLayer:
                     txn.state = "completed"
                     if not txn._reliable:
                         txn._interval = self._t1
-                        self._schedule(now + self._t1, txn, _timer_g)
-                    self._schedule_t64(now, txn, _timer_h)
+                        self._after(now, self._t1, txn, _timer_g)
+                    self._after(now, self._t64, txn, _timer_h)
             elif state == "accepted" and status < 300 and status >= 200:
                 # RFC 6026 §7.1: a 2xx from the TU in Accepted is sent (and becomes
                 # the one retransmitted).
@@ -398,7 +410,7 @@ class TransactionLayer:
             if txn._reliable:
                 self._terminate(txn)   # Timer J = 0
             else:
-                self._schedule_t64(now, txn, _timer_j)
+                self._after(now, self._t64, txn, _timer_j)
                 if txn.user_data is None:
                     # A registrar's 10,000 phones would otherwise keep 32 s of parsed
                     # REGISTERs and 200s in memory.
@@ -461,7 +473,7 @@ class TransactionLayer:
         if txn._reliable:
             self._terminate(txn)   # Timer J = 0
         else:
-            self._schedule_t64(now, txn, _timer_j)
+            self._after(now, self._t64, txn, _timer_j)
 
     def send_bytes(self, peer: Peer, data: bytes) -> None:
         """Queue a serialized message outside any transaction (a stateless UAS's answer)."""
@@ -584,7 +596,7 @@ class TransactionLayer:
         index[key] = txn
         self._index_peer(txn)
         if txn.is_invite:
-            self._schedule(now + TRYING_DELAY, txn, _timer_trying)
+            self._after(now, TRYING_DELAY, txn, _timer_trying)
         self._events.append(RequestReceived(txn, req, source))
 
     def _receive_ack(self, ack: Request, source: Peer, now: float) -> None:
@@ -598,19 +610,18 @@ class TransactionLayer:
                 if txn._reliable:
                     self._terminate(txn)   # Timer I = 0
                 else:
-                    self._schedule(now + self._t4, txn, _timer_i)
+                    self._after(now, self._t4, txn, _timer_i)
                 return
             if state != "accepted":
                 return   # Confirmed: absorbed; Proceeding: an ACK for nothing we sent
         else:
             tag = ack.to.tag
             txn = self._acks.get((ack.call_id, ack.cseq[0], tag))
-        if txn is not None and not txn._acked:
-            # The ACK for our 2xx (§13.3.1.4): stop retransmitting. Timer L still
-            # keeps the transaction for INVITE retransmissions (RFC 6026).
+        if txn is not None:
+            # The ACK for our 2xx (§13.3.1.4): stop retransmitting (`_timer_2xx` reads
+            # the flag). Timer L, set with the 2xx, still keeps the transaction for
+            # INVITE retransmissions (RFC 6026).
             txn._acked = True
-            txn._gen += 1
-            self._schedule(txn._expires, txn, _timer_l)
         self._events.append(RequestReceived(None, ack, source))
 
     # -- responses ------------------------------------------------------------------
@@ -639,7 +650,7 @@ class TransactionLayer:
                 elif status < 300:
                     txn.state = "accepted"  # RFC 6026 §7.2
                     txn._gen += 1
-                    self._schedule_t64(now, txn, _timer_m)
+                    self._after(now, self._t64, txn, _timer_m)
                     events.append(ResponseReceived(txn, resp, source))
                 else:
                     txn.state = "completed"
@@ -655,7 +666,7 @@ class TransactionLayer:
                     if txn._reliable:
                         self._terminate(txn)   # Timer D = 0
                     else:
-                        self._schedule(now + self._timer_d, txn, _timer_d)
+                        self._after(now, self._timer_d, txn, _timer_d)
             elif state == "completed":
                 if status >= 300 and txn._ack is not None:
                     self._out.append((txn.peer, txn._ack))   # re-send ACK, absorb
@@ -672,22 +683,31 @@ class TransactionLayer:
             if txn._reliable:
                 self._terminate(txn)   # Timer K = 0
             else:
-                self._schedule(now + self._t4, txn, _timer_k)
+                self._after(now, self._t4, txn, _timer_k)
         # non-INVITE Completed: retransmitted finals are absorbed
 
     # -- helpers --------------------------------------------------------------------
     def _schedule(self, when: float, txn: Txn, handler: _Handler) -> None:
         heappush(self._heap, (when, next(self._seq), txn, handler, txn._gen))
 
-    def _schedule_t64(self, now: float, txn: Txn, handler: _Handler) -> None:
-        """A timer of 64*T1 from `now`: queued, as long as that keeps the queue sorted
-        (a caller whose `now` went back gets the heap)."""
-        when = now + self._t64
-        queue = self._t64_queue
-        if queue and queue[-1][0] > when:
+    def _after(self, now: float, delay: float, txn: Txn, handler: _Handler) -> None:
+        """A timer `delay` from `now`. The delays are few (200 ms; T1 doubled up to T2;
+        T4; 64*T1; Timer D) and the timers of one delay expire in the order they were
+        set, so each delay has a FIFO. A timer that would break its FIFO's order (a
+        caller whose `now` went back) goes to the heap, as do delays beyond
+        `_MAX_FIFOS` (odd Timers values)."""
+        when = now + delay
+        queue = self._fifos.get(delay)
+        if queue is None:
+            if len(self._fifos) >= _MAX_FIFOS:
+                self._schedule(when, txn, handler)
+                return
+            queue = self._fifos[delay] = deque()
+            self._queues.append(queue)
+        elif queue and queue[-1][0] > when:
             self._schedule(when, txn, handler)
-        else:
-            queue.append((when, txn, handler, txn._gen))
+            return
+        queue.append((when, txn, handler, txn._gen))
 
     def _index_peer(self, txn: Txn) -> None:
         bucket = self._by_peer.get(txn._pkey)
@@ -713,11 +733,10 @@ class TransactionLayer:
         ack_key = (request.call_id, request.cseq[0], tag)
         txn._ack_key = ack_key
         self._acks[ack_key] = txn
-        txn._expires = now + self._t64
         if not txn._reliable:
             txn._interval = self._t1
-            self._schedule(now + self._t1, txn, _timer_2xx)
-        self._schedule_t64(now, txn, _timer_l)
+            self._after(now, self._t1, txn, _timer_2xx)
+        self._after(now, self._t64, txn, _timer_l)
 
     def _cancel_sent(self, branch: str, now: float) -> None:
         """§9.1: an INVITE still without a final response 64*T1 after its CANCEL is gone."""
@@ -784,7 +803,7 @@ def _timer_a(layer: TransactionLayer, txn: ClientTransaction, now: float) -> Non
     """INVITE client, Calling: retransmit, double the interval (§17.1.1.2)."""
     layer._out.append((txn.peer, txn._data))
     txn._interval *= 2
-    layer._schedule(now + txn._interval, txn, _timer_a)
+    layer._after(now, txn._interval, txn, _timer_a)
 
 
 def _timer_b(layer: TransactionLayer, txn: ClientTransaction, now: float) -> None:
@@ -799,7 +818,7 @@ def _timer_e(layer: TransactionLayer, txn: ClientTransaction, now: float) -> Non
         txn._interval = layer._t2
     else:
         txn._interval = min(2 * txn._interval, layer._t2)
-    layer._schedule(now + txn._interval, txn, _timer_e)
+    layer._after(now, txn._interval, txn, _timer_e)
 
 
 def _timer_f(layer: TransactionLayer, txn: ClientTransaction, now: float) -> None:
@@ -813,7 +832,7 @@ def _resend_capped(layer: TransactionLayer, txn: Txn, now: float, handler: _Hand
     if data is not None:
         layer._out.append((txn.peer, data))
     txn._interval = min(2 * txn._interval, layer._t2)
-    layer._schedule(now + txn._interval, txn, handler)
+    layer._after(now, txn._interval, txn, handler)
 
 
 def _timer_g(layer: TransactionLayer, txn: ServerTransaction, now: float) -> None:
@@ -828,7 +847,8 @@ def _timer_h(layer: TransactionLayer, txn: ServerTransaction, now: float) -> Non
 
 def _timer_2xx(layer: TransactionLayer, txn: ServerTransaction, now: float) -> None:
     """INVITE server, Accepted: retransmit the 2xx until ACKed (§13.3.1.4)."""
-    _resend_capped(layer, txn, now, _timer_2xx)
+    if not txn._acked:
+        _resend_capped(layer, txn, now, _timer_2xx)
 
 
 def _timer_l(layer: TransactionLayer, txn: ServerTransaction, now: float) -> None:

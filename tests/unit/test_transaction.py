@@ -1119,6 +1119,56 @@ def test_many_transactions_stay_bounded():
     assert len(h.layer._heap) == 0
 
 
+def test_a_calls_timers_go_through_no_heap():
+    """Every timer a call sets is a fixed delay from now, so it waits in that delay's FIFO
+    (O(1)) and the heap stays empty, and each fires when the RFC says."""
+    h = Harness()
+    r = invite()
+    txn = new_server_txn(h, r)                 # 100 Trying after 200 ms
+    h.at(0.1)
+    ok = resp(r, 200, to_tag="uas")
+    h.respond(txn, ok)                         # 2xx resent after T1; Timer L
+    out = h.send(invite(branch="z9hG4bKout", call_id="leg-b"), OTHER)   # Timers A and B
+    h.receive(resp(out.request, 180, to_tag="b"), OTHER)
+    h.receive(resp(out.request, 200, to_tag="b"), OTHER)               # Timer M
+    h.at(0.7)
+    h.receive(ack_for(r, ok, branch="z9hG4bKack"))
+    bye = h.send(req("BYE", branch="z9hG4bKbye", call_id="leg-b", cseq=2, to_tag="b"),
+                 OTHER)                        # Timers E and F
+    h.at(0.8)
+    h.receive(resp(bye.request, 200), OTHER)   # Timer K
+    assert h.layer._heap == []
+    h.at(32.099)
+    assert txn.state == "accepted" and out.state == "accepted"
+    h.at(32.1)   # Timer L, 64*T1 after the 2xx: the ACK did not move it (RFC 6026)
+    assert txn.state == "terminated" and out.state == "terminated"
+    h.finish()
+    assert h.layer._heap == [] and not any(h.layer._queues)
+    assert h.times("SIP/2.0 200") == [0.1, 0.6]     # once resent, then ACKed
+    assert h.times("BYE") == [0.7] and "AckTimeout" not in [n for _, n in h.event_log()]
+
+
+def test_timers_fire_by_deadline_when_the_clock_goes_back():
+    """A timer set from an earlier `now` than its FIFO's last would break the FIFO's
+    order: it goes to the heap, and the two still fire by deadline."""
+    layer = TransactionLayer()
+    a = layer.send_request(req("OPTIONS", branch="z9hG4bKa", call_id="a"), UDP, 10.0)
+    b = layer.send_request(req("OPTIONS", branch="z9hG4bKb", call_id="b"), UDP, 5.0)
+    assert len(layer._heap) == 2   # b's Timers E and F
+    layer.datagrams_to_send()
+    fired = []
+    while (t := layer.get_timer()) is not None and t < 20:
+        layer.handle_timer(t)
+        fired += [(t, data.split(b"Call-ID: ")[1][:1]) for _, data in layer.datagrams_to_send()]
+    assert fired == [(5.5, b"b"), (6.5, b"b"), (8.5, b"b"), (10.5, b"a"), (11.5, b"a"),
+                     (12.5, b"b"), (13.5, b"a"), (16.5, b"b"), (17.5, b"a")]
+    layer.handle_timer(37.0)   # Timer F of b (64*T1 after 5.0), not yet a's
+    assert b.state == "terminated" and a.state == "trying"
+    assert layer.next_event() == TransactionTimeout(b) and layer.next_event() is None
+    layer.handle_timer(42.0)
+    assert a.state == "terminated" and len(layer) == 0
+
+
 def test_api_misuse_raises_value_error():
     layer = TransactionLayer()
     bad_via = parse_message(b"OPTIONS sip:x SIP/2.0\r\nVia: garbage\r\nCSeq: 1 OPTIONS\r\n\r\n")
