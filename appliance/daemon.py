@@ -251,7 +251,7 @@ class Daemon:
         collections = gcpolicy.FullCollections()
         while True:
             await asyncio.sleep(1.0)
-            collections.tick(pbx.endpoint.received)
+            collections.tick(pbx.endpoint.received, len(pbx.endpoint.layer))
             try:
                 new = self.store.poll()
             except ConfigError as e:

@@ -639,7 +639,7 @@ async def serve(args: argparse.Namespace) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
-        collections.tick(endpoint.received)
+        collections.tick(endpoint.received, len(endpoint.layer))
         ticks += 1
         if ticks % 10 == 0:
             location.expire(time.time())  # the daemon expires and announces; this frees

@@ -30,6 +30,22 @@ def test_full_collection_when_idle_or_after_ten_minutes(monkeypatch):
     assert len(runs) == 2
 
 
+def test_idle_collection_waits_for_the_transactions_to_end(monkeypatch):
+    """No SIP message for a second is not enough while the last load's transactions live
+    on (32 s): a full collection would walk them all while traffic may resume."""
+    runs = []
+    monkeypatch.setattr(gc, "collect", lambda *a: runs.append(a) or 0)
+    clock = [gcpolicy.IDLE_EVERY]
+    full = gcpolicy.FullCollections(clock=lambda: clock[0])
+    clock[0] += gcpolicy.IDLE_EVERY
+    assert not full.tick(100, 50_000)   # load until now
+    for live in (50_000, 20_000, gcpolicy.DRAINED + 1):
+        clock[0] += 1.0
+        assert not full.tick(100, live)   # quiet, but the transactions are still there
+    clock[0] += 1.0
+    assert full.tick(100, gcpolicy.DRAINED) and runs == [()]
+
+
 def test_start_freezes_and_sets_thresholds(monkeypatch):
     old = gc.get_threshold()
     try:
