@@ -488,6 +488,18 @@ def test_replay_table_expires_and_is_bounded():
     assert server.tracked_nonces == 1
 
 
+def test_a_full_replay_table_forgets_one_nonce_per_new_one():
+    """The oldest counted nonce goes, and only it (a batch rebuilt at once stalled the
+    process): the next oldest is still replay-protected, the forgotten one is STALE."""
+    server = make_server(max_nonces=16)
+    logins = [login(server, now=T0 + i) for i in range(17)]
+    for i, creds in enumerate(logins):
+        assert server.verify(creds, "REGISTER", lookup, T0 + i) is Verdict.OK
+        assert server.tracked_nonces == min(i + 1, 16)
+    assert server.verify(logins[1], "REGISTER", lookup, T0 + 17) is Verdict.FAIL   # replay
+    assert server.verify(logins[0], "REGISTER", lookup, T0 + 17) is Verdict.STALE
+
+
 def test_server_rejects_unsupported_algorithm():
     with pytest.raises(DigestError):
         DigestServer(REALM, algorithms=("SHA-512",))
