@@ -479,7 +479,7 @@ class DigestServer:
         # nonce -> (highest nc accepted, issue time), and the nonces in the order they were
         # first counted, oldest first: the table forgets from the front, one at a time
         self._seen: dict[str, tuple[int, float]] = {}
-        self._order: deque[tuple[float, str]] = deque()
+        self._order: deque[str] = deque()
         # untracked nonces issued at or before this time may have been forgotten -> STALE.
         # `tracked_since`: when this server started counting (a process's start): the
         # counts of older nonces, valid under a kept secret, went with the last process,
@@ -618,7 +618,7 @@ class DigestServer:
             self._forget(now)
             if issued <= self._floor:
                 return Verdict.STALE  # its state may have been dropped; make the client refresh
-            self._order.append((issued, nonce))
+            self._order.append(nonce)
         elif nc <= last[0]:
             return Verdict.FAIL
         seen[nonce] = (nc, issued)
@@ -633,9 +633,8 @@ class DigestServer:
         order = self._order
         seen = self._seen
         cutoff = now - self.nonce_ttl
-        while order and (order[0][0] <= cutoff or len(seen) >= self._max_nonces):
-            issued, nonce = order.popleft()
-            del seen[nonce]
+        while order and (seen[order[0]][1] <= cutoff or len(seen) >= self._max_nonces):
+            issued = seen.pop(order.popleft())[1]
             if issued > self._floor:
                 self._floor = issued
 
