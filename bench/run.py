@@ -10,12 +10,16 @@ What it measures (see docs/performance.md for the why and the latest figures):
 registrations  REGISTER, 401, REGISTER with MD5 digest credentials, 200 (bench/sipp/register.xml)
                by 2,000 extensions, offered at rising rates for a few seconds each; the figure
                is the highest rate that passes (see `passes()`); the ladder stops at the first
-               rate that fails. Also run: the daemon as one process, and issue 3's yardstick,
-               a throwaway REGISTER-and-digest responder (bench/throwaway_registrar.py); the
-               notes give each server's CPU per registration at its best rate.
+               rate that fails. Each server runs as 1 and as 2 processes (the appliance: the
+               daemon alone, as shipped, and with one SIP worker; Kamailio: 1 and 2 UDP
+               workers) and its figure is the better of the two: which count serves best
+               depends on the machine. Also run: issue 3's yardstick, a throwaway
+               REGISTER-and-digest responder (bench/throwaway_registrar.py); the notes give
+               each run's CPU per registration at its best rate.
 calls          INVITE, 407, ACK, INVITE with credentials, 100/180/200, ACK, 1 s, BYE, 200
                (bench/sipp/call_caller.xml) to 200 callee extensions registered by one SIPp
-               (bench/sipp/call_callee.xml) through the server; same ladder and rule.
+               (bench/sipp/call_callee.xml) through the server; same ladder, rule and
+               process counts.
 ceiling        the same two caller scenarios against SIPp playing the server
                (register_server.xml, call_server.xml): what SIPp itself can do on this machine.
 memory         the daemon's VmRSS idle (factory configuration), idle with 10,000 extensions
@@ -90,10 +94,13 @@ class Settings:
     callees: int = 200
     memory_contacts: int = 10_000
     memory_reg_rate: int = 1000       # moderate: well inside what the daemon sustains
-    kamailio_workers: int = 2         # UDP worker processes (-n)
-    # The daemon's SIP workers (sip.workers) in the throughput sections: 1 = two
-    # processes on the SIP port, as Kamailio's two; memory and start-up use the factory 0.
-    appliance_workers: int = 1
+    kamailio_workers: int = 2         # UDP worker processes (-n) for memory and start-up
+    # The throughput sections run each server with each of these process counts (the
+    # appliance: the daemon and sip.workers = n - 1 SIP workers; Kamailio: n UDP workers)
+    # and take its best: which count serves a machine best depends on the machine (its
+    # cores, what a wakeup on another core costs), for both servers alike. Up to the 2
+    # cores of the machine the figures are from; memory and start-up use the factory 1.
+    processes: tuple[int, ...] = (1, 2)
     kamailio_shm_mb: int = 1024       # 128 MB runs out of transactions at 1,000 calls/s
     call_hold_s: float = 1.0          # the pause between ACK and BYE in call_caller.xml
     max_fail_ratio: float = 0.001
@@ -536,9 +543,11 @@ class Kamailio(Server):
     name = "kamailio"
     label = "Kamailio"
 
-    def __init__(self, workdir: Path, users: Users, tag: str, settings: Settings) -> None:
+    def __init__(self, workdir: Path, users: Users, tag: str, settings: Settings,
+                 workers: int | None = None) -> None:
         super().__init__(workdir, users, tag)
         self.settings = settings
+        self.workers = workers or settings.kamailio_workers
         self.db = self.workdir / "db"
 
     def prepare(self) -> None:
@@ -556,7 +565,7 @@ class Kamailio(Server):
     def argv(self) -> list[str]:
         s = self.settings
         return ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-T", "-S",
-                "-l", f"udp:{LOOPBACK}:{self.port}", "-n", str(s.kamailio_workers),
+                "-l", f"udp:{LOOPBACK}:{self.port}", "-n", str(self.workers),
                 "-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid"),
                 "-m", str(s.kamailio_shm_mb), "-M", "8", "-w", str(self.workdir),
                 "-A", f'DBURL="text://{self.db}"']
@@ -768,7 +777,7 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
     t0 = time.monotonic()
     runs = []
     try:
-        ports = sipp_ports(n, 1 + settings.appliance_workers)
+        ports = sipp_ports(n, max(settings.processes))
         for i, (csv, port) in enumerate(zip(csvs, ports, strict=True)):
             runs.append(start_sipp(scenario, workdir=workdir, name=f"{name}-{rate}-{i}",
                                    target_port=target_port, local_port=port,
@@ -848,6 +857,27 @@ def ladder(rates: list[int], run_one, label: str,
 # --- the sections ---------------------------------------------------------------------------------
 
 
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
+def best_counts(res: dict[str, Any]) -> dict[str, Any]:
+    """Each server's figure at its best process count: "appliance" and "kamailio" entries
+    naming the run they come from (`appliance_2p`, ...). The highest figure wins; a tie goes
+    to fewer processes."""
+    out: dict[str, Any] = {}
+    for server in ("appliance", "kamailio"):
+        runs = [(v.get("figure") or 0, -int(k.rsplit("_", 1)[1][:-1]), k)
+                for k, v in res.items()
+                if k.startswith(server + "_") and k.endswith("p") and isinstance(v, dict)]
+        if not runs:
+            continue
+        figure, minus_n, key = max(runs)
+        out[server] = {"figure": figure or None, "processes": -minus_n, "from": key,
+                       "top_of_ladder": bool(res[key].get("top_of_ladder"))}
+    return out
+
+
 class Bench:
     def __init__(self, settings: Settings, workdir: Path, kamailio: bool) -> None:
         self.s = settings
@@ -858,10 +888,28 @@ class Bench:
         self.callee_users = Users.numbered(20000, settings.callees)
         self.mem_users = Users.numbered(30000, settings.memory_contacts)
 
-    def servers(self, users: Users, tag: str, workers: int = 0) -> list[Server]:
-        out: list[Server] = [Appliance(self.workdir, users, tag, workers=workers)]
+    def servers(self, users: Users, tag: str) -> list[Server]:
+        """The daemon as shipped (one process) and Kamailio: memory and start-up."""
+        out: list[Server] = [Appliance(self.workdir, users, tag)]
         if self.with_kamailio:
             out.append(Kamailio(self.workdir, users, tag, self.s))
+        return out
+
+    def load_servers(self, users: Users, what: str) -> list[Server]:
+        """Each server at each process count (`Settings.processes`), the appliance's first;
+        for registrations also issue 3's yardstick, before Kamailio."""
+        out: list[Server] = []
+        for n in self.s.processes:
+            a = Appliance(self.workdir, users, f"{what}-{n}p", workers=n - 1)
+            a.name, a.label = f"appliance_{n}p", f"appliance, {_processes(n)}"
+            out.append(a)
+        if what == "registrations":
+            out.append(Throwaway(self.workdir, users, what))
+        if self.with_kamailio:
+            for n in self.s.processes:
+                k = Kamailio(self.workdir, users, f"{what}-{n}p", self.s, workers=n)
+                k.name, k.label = f"kamailio_{n}p", f"Kamailio, {_processes(n)}"
+                out.append(k)
         return out
 
     def _sipp_split(self, rate: int, what: str = "registrations") -> int:
@@ -877,15 +925,7 @@ class Bench:
     # registrations --------------------------------------------------------------------------
     def registrations(self) -> None:
         res: dict[str, Any] = {}
-        servers = self.servers(self.reg_users, "registrations", self.s.appliance_workers)
-        if self.s.appliance_workers:  # and the daemon as one process, for comparison
-            one = Appliance(self.workdir, self.reg_users, "registrations-one-process")
-            one.name, one.label = "appliance_one_process", "1 process"
-            servers.insert(1, one)
-        # issue 3's yardstick, before Kamailio (the last, when it runs)
-        at = len(servers) - 1 if self.with_kamailio else len(servers)
-        servers.insert(at, Throwaway(self.workdir, self.reg_users, "registrations"))
-        for server in servers:
+        for server in self.load_servers(self.reg_users, "registrations"):
             log(f"registrations: {server.label}")
             d = server.workdir
             server.start()
@@ -899,6 +939,7 @@ class Bench:
                 server.stop()
             res[server.name] = {"figure": best, "top_of_ladder": best == self.s.reg_rates[-1],
                                 "steps": [asdict(s) for s in steps]}
+        res.update(best_counts(res))
         res["sipp_ceiling"] = self._ceiling(
             "registrations", "register_server.xml", "register.xml",
             [f for f in (v.get("figure") for v in res.values()) if f], self.s.reg_rates,
@@ -942,7 +983,7 @@ class Bench:
     def calls(self) -> None:
         res: dict[str, Any] = {}
         users = self.reg_users + self.callee_users
-        for server in self.servers(users, "calls", self.s.appliance_workers):
+        for server in self.load_servers(users, "calls"):
             log(f"calls: {server.label}")
             d = server.workdir
             server.start()
@@ -977,6 +1018,7 @@ class Bench:
                 server.stop()
             res[server.name] = {"figure": best, "top_of_ladder": best == self.s.call_rates[-1],
                                 "steps": [asdict(s) for s in steps]}
+        res.update(best_counts(res))
         res["sipp_ceiling"] = self._ceiling(
             "calls", "call_server.xml", "call_caller.xml",
             [f for f in (v.get("figure") for v in res.values()) if f], self.s.call_rates,
@@ -1214,14 +1256,17 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         met = None
         if isinstance(kam, int):
             met = (app or 0) >= kam
-        row(f"{title} (<=0.1% failed, kept up)", app, kam, ">= 1.0x Kamailio", met,
-            higher_better=True, app_at_least=bool(a.get("top_of_ladder")),
-            kam_at_least=bool(k.get("top_of_ladder")))
-        one = r.get("appliance_one_process")
-        if one:
-            row(f"{title}, appliance as one process (sip.workers: 0)", one.get("figure"), kam,
-                "", None, higher_better=True, app_at_least=bool(one.get("top_of_ladder")),
-                kam_at_least=bool(k.get("top_of_ladder")))
+        counts = ", ".join(f"{who} {_processes(x['processes'])}"
+                           for who, x in (("appliance", a), ("Kamailio", k)) if x)
+        row(f"{title} (<=0.1% failed, kept up), best process count ({counts})", app, kam,
+            ">= 1.0x Kamailio", met, higher_better=True,
+            app_at_least=bool(a.get("top_of_ladder")), kam_at_least=bool(k.get("top_of_ladder")))
+        for n in sorted({int(key.rsplit("_", 1)[1][:-1]) for key in r
+                         if key.startswith(("appliance_", "kamailio_")) and key.endswith("p")}):
+            an, kn = r.get(f"appliance_{n}p", {}), r.get(f"kamailio_{n}p", {})
+            row(f"{title}, {_processes(n)} each", an.get("figure"), kn.get("figure"), "", None,
+                higher_better=True, app_at_least=bool(an.get("top_of_ladder")),
+                kam_at_least=bool(kn.get("top_of_ladder")))
     m = results.get("memory")
     if m and "appliance_idle_factory_kb" in m:
         idle = _mb(m.get("appliance_idle_factory_kb"))
@@ -1256,10 +1301,12 @@ def cpu_per_operation(results: dict[str, Any]) -> list[str]:
     notes = []
     for key, what in (("registrations", "registration"), ("calls", "call")):
         parts = []
-        for name, label in (("appliance", "appliance"), ("appliance_one_process", "1 process"),
-                            ("throwaway", "throwaway registrar (issue 3's yardstick)"),
-                            ("kamailio", "Kamailio")):
-            r = results.get(key, {}).get(name)
+        runs = results.get(key, {})
+        for name in [k for k in runs if k.startswith("appliance_")] + ["throwaway"] + \
+                [k for k in runs if k.startswith("kamailio_")]:
+            label = {"throwaway": "throwaway registrar (issue 3's yardstick)"}.get(
+                name, name.replace("_", " ").replace("kamailio", "Kamailio"))
+            r = runs.get(name)
             fig = r.get("figure") if isinstance(r, dict) else None
             step = next((s for s in r.get("steps", []) if s["rate"] == fig), None) if fig \
                 else None
@@ -1414,13 +1461,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "settings": asdict(settings),
         "notes": {
-            "kamailio": f"{settings.kamailio_workers} UDP worker processes (-n), "
-                        f"{settings.kamailio_shm_mb} MB shared memory; bench/kamailio.cfg",
-            "appliance": f"load tests: the daemon with sip.workers: {settings.appliance_workers}"
-                         " (registrations also as one process), run through "
-                         "bench/appliance_md5_first.py (MD5 challenge listed first for SIPp "
-                         "3.6; same work per message); start-up and factory idle RSS use "
-                         "`appliance run` as shipped",
+            "kamailio": f"load tests: {' and '.join(map(str, settings.processes))} UDP worker "
+                        "processes (-n), its figure the better; memory and start-up: "
+                        f"{settings.kamailio_workers}; {settings.kamailio_shm_mb} MB shared "
+                        "memory; bench/kamailio.cfg",
+            "appliance": "load tests: the daemon as "
+                         f"{' and '.join(map(str, settings.processes))} processes (sip.workers "
+                         "= processes - 1; the factory setting is one process), its figure the "
+                         "better, run through bench/appliance_md5_first.py (MD5 challenge "
+                         "listed first for SIPp 3.6; same work per message); start-up and "
+                         "factory idle RSS use `appliance run` as shipped",
             "throwaway": "bench/throwaway_registrar.py, one process: issue 3's yardstick "
                          "(asyncio + uvloop, REGISTER and digest only), run through the "
                          "registrations ladder for its CPU per registration",
