@@ -1142,9 +1142,57 @@ class Bench:
 # --- reporting --------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(wakeups: dict[str, Any] | None = None) -> dict[str, Any]:
     """The host (see host_info) plus the SIP load tool's and the reference's versions."""
-    return {**host_info(), "sipp": sipp_version(), "kamailio": kamailio_version()}
+    return {**host_info(), "sipp": sipp_version(), "kamailio": kamailio_version(),
+            "udp_ping_pong": wakeups}
+
+
+def ping_pong(round_trips: int = 20_000) -> dict[str, Any]:
+    """What a process waking another costs on this machine: two processes bounce one
+    400-byte datagram over loopback, each blocked in recv between turns, free to run on
+    any core and then both on the first; µs per round trip (wall) and CPU per side. Every
+    SIP message a server answers is such a wakeup at low rates, so this says how far
+    CPU figures compare between machines (the machines of issue 3's passes differed by
+    up to ~4x in it) before the servers' own work."""
+    out: dict[str, Any] = {}
+    for where, cpus in (("any_core", None), ("one_core", {min(os.sched_getaffinity(0))})):
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a.bind((LOOPBACK, 0))
+        b.bind((LOOPBACK, 0))
+        a.settimeout(10.0)  # a lost datagram ends the measurement (and the echo) with an error
+        b.settimeout(10.0)
+        mask = os.sched_getaffinity(0)
+        pid = os.fork()
+        if pid == 0:  # the echo
+            try:
+                if cpus:
+                    os.sched_setaffinity(0, cpus)
+                for _ in range(round_trips):
+                    data, addr = b.recvfrom(2048)
+                    b.sendto(data, addr)
+            finally:
+                os._exit(0)
+        try:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+            to, msg = b.getsockname(), b"x" * 400
+            t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+            for _ in range(round_trips):
+                a.sendto(msg, to)
+                a.recv(2048)
+            wall = time.monotonic() - t0
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+        finally:
+            os.sched_setaffinity(0, mask)
+            os.waitpid(pid, 0)
+            a.close()
+            b.close()
+        cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+        out[where] = {"round_trip_us": round(wall / round_trips * 1e6, 1),
+                      "cpu_per_side_us": round(cpu / round_trips * 1e6, 1)}
+    return out
 
 
 def host_info() -> dict[str, Any]:
@@ -1430,6 +1478,10 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     log(f"bench: {'quick' if args.quick else 'full'} run of {', '.join(sections)}; "
         f"work folder {workdir}; load average {load[0]:.2f} (run it on an idle machine)")
+    wakeups = ping_pong()
+    log("UDP ping-pong between two processes: " + "; ".join(
+        f"{where.replace('_', ' ')} {v['round_trip_us']} us per round trip, "
+        f"{v['cpu_per_side_us']} us CPU per side" for where, v in wakeups.items()))
     bench = Bench(settings, workdir, with_kamailio)
     failed: list[str] = []
     try:
@@ -1458,7 +1510,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": [round(x, 2) for x in load],
         "mode": "quick" if args.quick else "full",
         "sections": sections,
-        "machine": machine_info(),
+        "machine": machine_info(wakeups),
         "settings": asdict(settings),
         "notes": {
             "kamailio": f"load tests: {' and '.join(map(str, settings.processes))} UDP worker "
