@@ -1029,7 +1029,7 @@ class Call:
     def _send_bye(self, leg: Leg) -> None:
         ep = self.pbx.endpoint
         bye = leg.dialog.create_request("BYE", "", ep.make_via(leg.peer))
-        ep.send_request(bye, leg.peer).user_data = PendingBye(self.pbx.pending_byes)
+        ep.send_request(bye, leg.peer).user_data = PendingBye(self.pbx.pending_byes, ep.layer.release)
 
     # -- teardown ------------------------------------------------------------------------
     def terminate(self, reason: str) -> None:

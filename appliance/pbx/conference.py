@@ -730,7 +730,7 @@ class RoomCall:
             ep = self.pbx.endpoint
             peer = next_hop(dialog)
             bye = dialog.create_request("BYE", "", ep.make_via(peer))
-            ep.send_request(bye, peer).user_data = PendingBye(self.pbx.pending_byes)
+            ep.send_request(bye, peer).user_data = PendingBye(self.pbx.pending_byes, ep.layer.release)
         self._end(reason)
 
     def _end(self, reason: str) -> None:

@@ -59,20 +59,28 @@ ACCEPT: Final = "application/sdp"
 
 class PendingBye:
     """user_data of a BYE we sent: the PBX counts these so that shutdown can wait for
-    the answers (calls and conference rooms alike)."""
+    the answers (calls and conference rooms alike). The answer is all it waits for:
+    then the transaction is released, so that the 64*T1 its Timer F entry lives (and
+    Timer K's T4) keep the transaction's bytes and keys, not the parsed BYE."""
 
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "release")
 
-    def __init__(self, pending: set[PendingBye]) -> None:
+    def __init__(self, pending: set[PendingBye],
+                 release: Callable[[ClientTransaction], None]) -> None:
         self.pending = pending  # the PBX's `pending_byes`
+        self.release = release  # the transaction layer's `release`
         pending.add(self)
 
     def on_response(self, txn: ClientTransaction | None, resp: Response) -> None:
         if resp.status >= 200:
             self.pending.discard(self)
+            if txn is not None and txn.user_data is self:
+                self.release(txn)
 
     def on_failure(self, txn: ClientTransaction, status: int) -> None:
         self.pending.discard(self)
+        if txn.user_data is self:
+            self.release(txn)
 
 
 class Pbx:

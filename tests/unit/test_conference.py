@@ -25,7 +25,7 @@ from appliance.pbx.conference import (
     mix_rate,
 )
 from appliance.sip.message import Request, make_response, parse_message
-from appliance.sip.transaction import Peer
+from appliance.sip.transaction import ClientTransaction, Peer
 from appliance.store.config import Config, Room
 
 # -- PinEntry ---------------------------------------------------------------------------------
@@ -173,6 +173,9 @@ class FakeEndpoint:
         self.loop = loop
         self.responses: list = []
         self.requests: list = []
+        self.sent_txns: list = []
+        self.released: list = []
+        self.layer = SimpleNamespace(release=self.released.append)
 
     @property
     def now(self) -> float:
@@ -192,7 +195,10 @@ class FakeEndpoint:
 
     def send_request(self, req, peer):
         self.requests.append(req)
-        return SimpleNamespace(user_data=None)
+        n = len(self.sent_txns)
+        self.sent_txns.append(ClientTransaction(n, req, peer, req.method, (str(n), req.method),
+                                                b""))
+        return self.sent_txns[-1]
 
 
 class FakePbx:
@@ -331,8 +337,11 @@ def test_room_call_reinvite_hold_unknown_info_and_shutdown_bye() -> None:
         assert bye.method == "BYE" and bye.uri == "sip:100@127.0.0.1:5099"
         assert len(pbx.pending_byes) == 1
         (pending,) = pbx.pending_byes
-        pending.on_response(None, make_response(bye, 200))
+        bye_txn = ep.sent_txns[-1]
+        assert bye_txn.user_data is pending
+        pending.on_response(bye_txn, make_response(bye, 200))
         assert not pbx.pending_byes
+        assert ep.released == [bye_txn]  # answered: the transaction keeps no parsed BYE
         assert call.state == "ended" and call.reason == "shutdown"
         rooms.stop()
 
