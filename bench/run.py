@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the appliance daemon against Kamailio on loopback, with SIPp as the load.
 
-    .venv/bin/python bench/run.py            # the full run (about 17 minutes)
+    .venv/bin/python bench/run.py            # the full run (about 19 minutes)
     .venv/bin/python bench/run.py --quick    # a smoke run: few rates, 3 s each (2-3 minutes)
     .venv/bin/python bench/run.py --only registrations|calls|memory|startup
 
