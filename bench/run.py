@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the appliance daemon against Kamailio on loopback, with SIPp as the load.
 
-    .venv/bin/python bench/run.py            # the full run (about 19 minutes)
+    .venv/bin/python bench/run.py            # the full run (about 20 minutes)
     .venv/bin/python bench/run.py --quick    # a smoke run: few rates, 3 s each (2-3 minutes)
     .venv/bin/python bench/run.py --only registrations|calls|memory|startup
 
@@ -99,7 +99,8 @@ class Settings:
     # appliance: the daemon and sip.workers = n - 1 SIP workers; Kamailio: n UDP workers)
     # and take its best: which count serves a machine best depends on the machine (its
     # cores, what a wakeup on another core costs), for both servers alike. Up to the 2
-    # cores of the machine the figures are from; memory and start-up use the factory 1.
+    # cores of the machine the figures are from; memory and start-up run the daemon as
+    # shipped (one process).
     processes: tuple[int, ...] = (1, 2)
     kamailio_shm_mb: int = 1024       # 128 MB runs out of transactions at 1,000 calls/s
     call_hold_s: float = 1.0          # the pause between ACK and BYE in call_caller.xml
@@ -1153,8 +1154,8 @@ def ping_pong(round_trips: int = 20_000) -> dict[str, Any]:
     400-byte datagram over loopback, each blocked in recv between turns, free to run on
     any core and then both on the first; µs per round trip (wall) and CPU per side. Every
     SIP message a server answers is such a wakeup at low rates, so this says how far
-    CPU figures compare between machines (the machines of issue 3's passes differed by
-    up to ~4x in it) before the servers' own work."""
+    CPU figures compare between machines before the servers' own work (the CPU per
+    operation of both servers differed ~4x between two machines of issue 3's passes)."""
     out: dict[str, Any] = {}
     for where, cpus in (("any_core", None), ("one_core", {min(os.sched_getaffinity(0))})):
         a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
