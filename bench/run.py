@@ -432,6 +432,11 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.started_in: float | None = None
 
+    @property
+    def processes(self) -> int:
+        """How many processes serve SIP (the ladders' process count)."""
+        return 1
+
     def argv(self) -> list[str]:
         raise NotImplementedError
 
@@ -486,6 +491,10 @@ class Appliance(Server):
         self.data = self.workdir / "data"
         self.tls_port = free_udp_port(also_tcp=True)
         self.write_config = users is not None
+
+    @property
+    def processes(self) -> int:
+        return self.workers + 1  # the daemon and its SIP workers
 
     def prepare(self) -> None:
         if not self.write_config or (self.data / "config.yaml").exists():
@@ -550,6 +559,10 @@ class Kamailio(Server):
         self.settings = settings
         self.workers = workers or settings.kamailio_workers
         self.db = self.workdir / "db"
+
+    @property
+    def processes(self) -> int:
+        return self.workers  # its UDP workers (-n)
 
     def prepare(self) -> None:
         self.db.mkdir(parents=True, exist_ok=True)
@@ -868,9 +881,8 @@ def best_counts(res: dict[str, Any]) -> dict[str, Any]:
     to fewer processes."""
     out: dict[str, Any] = {}
     for server in ("appliance", "kamailio"):
-        runs = [(v.get("figure") or 0, -int(k.rsplit("_", 1)[1][:-1]), k)
-                for k, v in res.items()
-                if k.startswith(server + "_") and k.endswith("p") and isinstance(v, dict)]
+        runs = [(v.get("figure") or 0, -v["processes"], k) for k, v in res.items()
+                if k.startswith(server + "_") and isinstance(v, dict) and "steps" in v]
         if not runs:
             continue
         figure, minus_n, key = max(runs)
@@ -939,6 +951,7 @@ class Bench:
             finally:
                 server.stop()
             res[server.name] = {"figure": best, "top_of_ladder": best == self.s.reg_rates[-1],
+                                "processes": server.processes,
                                 "steps": [asdict(s) for s in steps]}
         res.update(best_counts(res))
         res["sipp_ceiling"] = self._ceiling(
@@ -1018,6 +1031,7 @@ class Bench:
                     stop(callee.proc)
                 server.stop()
             res[server.name] = {"figure": best, "top_of_ladder": best == self.s.call_rates[-1],
+                                "processes": server.processes,
                                 "steps": [asdict(s) for s in steps]}
         res.update(best_counts(res))
         res["sipp_ceiling"] = self._ceiling(
@@ -1310,8 +1324,8 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         row(f"{title} (<=0.1% failed, kept up), best process count ({counts})", app, kam,
             ">= 1.0x Kamailio", met, higher_better=True,
             app_at_least=bool(a.get("top_of_ladder")), kam_at_least=bool(k.get("top_of_ladder")))
-        for n in sorted({int(key.rsplit("_", 1)[1][:-1]) for key in r
-                         if key.startswith(("appliance_", "kamailio_")) and key.endswith("p")}):
+        for n in sorted({v["processes"] for key, v in r.items()
+                         if key.startswith(("appliance_", "kamailio_")) and "steps" in v}):
             an, kn = r.get(f"appliance_{n}p", {}), r.get(f"kamailio_{n}p", {})
             row(f"{title}, {_processes(n)} each", an.get("figure"), kn.get("figure"), "", None,
                 higher_better=True, app_at_least=bool(an.get("top_of_ladder")),
