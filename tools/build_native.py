@@ -35,6 +35,7 @@ MODULES = [
     "sip/message.py",
     "sip/digest.py",
     "sip/transaction.py",
+    "sip/express.py",
     "sip/register.py",
     "sip/endpoint.py",
     "sip/dialog.py",

@@ -15,6 +15,7 @@ from ..bus import Bus
 from ..sip.digest import DigestServer
 from ..sip.dns import DnsError, SipResolver
 from ..sip.endpoint import Endpoint
+from ..sip.express import finish, read_invite, response_head
 from ..sip.message import NameAddr, ParseError, Request, Response, make_response
 from ..sip.transaction import (
     OWN_PORT,
@@ -26,6 +27,8 @@ from ..sip.transaction import (
     ServerTransaction,
     TransactionTimeout,
     TransportError,
+    reply_peer,
+    server_key,
 )
 from ..sip.uri import SipURI
 from ..store.config import ConfigError, ConfigStore
@@ -115,6 +118,7 @@ class Pbx:
                                               digest_size=8).hexdigest()
         endpoint.stateless_ack_mark = f";tag={self._stateless_tag}".encode()
         endpoint.express_register = self.registrar.express
+        endpoint.express_invite = self.express_invite
         # A SIP worker (appliance/workers.py) runs calls between extensions only, and hands
         # the rest to the daemon: `elsewhere()` hands it the datagram being handled, as it
         # arrived. The daemon hands a worker its requests before parsing them
@@ -217,17 +221,30 @@ class Pbx:
         return peers
 
     def carrier_of(self, source: Peer, req: Request) -> tuple[str, str, Any] | None:
-        """The line or trunk an INVITE comes from, by source address (trunks: their
-        configured peers, else their host's addresses; lines: their provider's).
+        """The line or trunk an INVITE comes from (`carrier_at`)."""
+        cfg = self._config
+        if not (cfg.trunks or cfg.lines):
+            return None
+        try:
+            user = getattr(req.from_.parsed_uri, "user", None)
+        except ParseError:
+            user = None
+        return self.carrier_at(source, user)
+
+    def carrier_at(self, source: Peer, from_user: str | None) -> tuple[str, str, Any] | None:
+        """The line or trunk an INVITE from `source` comes from, by source address
+        (trunks: their configured peers, else their host's addresses; lines: their
+        provider's); `from_user`: the user part of its From URI.
 
         A phone may share the carrier's address (same host, or behind the same NAT):
         unless the request comes from the carrier's SIP port, a From naming one of our
         extensions marks it as a phone, to be challenged like any other."""
         cfg = self._config
+        phone = from_user is not None and from_user in cfg.extensions
         for name, trunk in cfg.trunks.items():
             allowed = trunk.peers or self._known_addresses(trunk.host)
             if ((trunk.allow_any_source or is_address_of(source.host, allowed))
-                    and not self._phone_at(source, req, {_sip_port(trunk)})):
+                    and not (phone and source.port != _sip_port(trunk))):
                 return "trunk", name, trunk
         for name, line in cfg.lines.items():
             reg = self.lines.get(name)
@@ -236,18 +253,37 @@ class Pbx:
             if reg is not None and reg.peer is not None:
                 known = [*known, reg.peer.host]
                 ports.add(reg.peer.port)
-            if is_address_of(source.host, known) and not self._phone_at(source, req, ports):
+            if is_address_of(source.host, known) and not (phone and source.port not in ports):
                 return "line", name, line
         return None
 
-    def _phone_at(self, source: Peer, req: Request, carrier_ports: set[int]) -> bool:
-        if source.port in carrier_ports:
+    def express_invite(self, data: bytes, source: Peer) -> bool:
+        """Challenge an INVITE without credentials (RFC 3261 §22.3; statelessly, §8.2.7)
+        straight from its header lines (appliance/sip/express.py): the 407 that
+        `Call.start` and `authenticate` send, byte for byte. False: nothing was done and
+        the general path takes the datagram (credentials, a caller that is no extension,
+        a carrier's address, a worker that hands such INVITEs to the daemon, a
+        retransmission of a transaction's INVITE, any other shape)."""
+        r = read_invite(data)
+        if r is None:
             return False
-        try:
-            user = getattr(req.from_.parsed_uri, "user", None)
-        except ParseError:
+        cfg = self._config
+        if r.from_user not in cfg.extensions:
+            return False  # an unlisted source: 403
+        if (cfg.trunks or cfg.lines) and (self.worker
+                                          or self.carrier_at(source, r.from_user) is not None):
             return False
-        return user in self._config.extensions
+        via = r.via
+        key = server_key(via, "INVITE")
+        layer = self.endpoint.layer
+        if key is None or layer.has_server(key):
+            return False
+        head = [response_head("SIP/2.0 407 Proxy Authentication Required", r.via_text, via,
+                              source, r.from_, r.to, r.call_id, r.cseq, self._stateless_tag)]
+        head.extend(["Proxy-Authenticate: " + v
+                     for v in self.digest.challenge_headers(self.clock())])
+        layer.send_bytes(reply_peer(via, source), finish(head))
+        return True
 
     def _known_addresses(self, host: str) -> list[str]:
         try:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..bus import ExtensionRegistered, ExtensionUnregistered
 from ..sip.digest import DigestError, Verdict, parse_credentials
-from ..sip.endpoint import stamp_received
+from ..sip.express import finish, response_head
 from ..sip.message import ParseError, Request, Response, Via, make_response
 from ..sip.register import RegisterRequest, read_register
 from ..sip.transaction import Peer, ServerTransaction, reply_peer, server_key
@@ -191,7 +191,7 @@ class Registrar:
                 head = [_response_head(r, via, source, "SIP/2.0 200 OK", pbx.stateless_tag)]
                 head.extend(["Contact: " + c for c in lines])
                 head.append("Date: " + _http_date(int(now)))
-                layer.answered(key, source, peer, _finish(head), endpoint.now)
+                layer.answered(key, source, peer, finish(head), endpoint.now)
                 return True
             if verdict is Verdict.FOREIGN:
                 return False  # the general path hands it on, or re-challenges
@@ -204,7 +204,7 @@ class Registrar:
         head = [_response_head(r, via, source, "SIP/2.0 401 Unauthorized",
                                pbx.stateless_tag)]
         head.extend(["WWW-Authenticate: " + v for v in digest.challenge_headers(now, stale)])
-        layer.send_bytes(reply_peer(via, source), _finish(head))
+        layer.send_bytes(reply_peer(via, source), finish(head))
         return True
 
 
@@ -221,16 +221,8 @@ class Refusal:
 
 def _response_head(r: RegisterRequest, via: Via, source: Peer, status_line: str,
                    tag: str) -> str:
-    """§8.2.6.2: the status line, Via (stamped, §18.2.1), From, To with our tag, Call-ID
-    and CSeq, as make_response copies them."""
-    via_text = str(via) if stamp_received(via, source) else r.via_text
-    return (f"{status_line}\r\nVia: {via_text}\r\nFrom: {r.from_}\r\nTo: {r.to};tag={tag}"
-            f"\r\nCall-ID: {r.call_id}\r\nCSeq: {r.cseq}")
-
-
-def _finish(head: list[str]) -> bytes:
-    head.append("Content-Length: 0\r\n\r\n")
-    return "\r\n".join(head).encode()
+    return response_head(status_line, r.via_text, via, source, r.from_, r.to, r.call_id,
+                         r.cseq, tag)
 
 
 def authenticate(pbx: Pbx, txn: ServerTransaction, req: Request, header: str,

@@ -73,6 +73,9 @@ class Endpoint:
         # The registrar's express path (Registrar.express): a REGISTER datagram it
         # answered (True), or left to the general path (False).
         self.express_register: Callable[[bytes, Peer], bool] | None = None
+        # The PBX's express challenge (Pbx.express_invite): an INVITE without
+        # credentials it answered with a 407 (True), or left to the general path (False).
+        self.express_invite: Callable[[bytes, Peer], bool] | None = None
 
     async def start(self, bind: str, udp_port: int, tcp_port: int, tls_port: int | None,
                     server_ssl: ssl.SSLContext | None, udp_group: int = 0) -> dict[str, int]:
@@ -165,16 +168,23 @@ class Endpoint:
         mark = self.stateless_ack_mark
         if mark and data.startswith(b"ACK ") and mark in data:
             return
-        express = self.express_register
-        if express is not None and peer.transport == "udp" and data.startswith(b"REGISTER "):
-            try:
-                done = express(data, peer)
-            except Exception:  # never take the daemon down; the datagram is dropped
-                log.exception("registrar failed on REGISTER from %s:%s", peer.host, peer.port)
-                return
-            if done:
-                self.pump()
-                return
+        if peer.transport == "udp":
+            if data.startswith(b"REGISTER "):
+                express = self.express_register
+            elif data.startswith(b"INVITE "):
+                express = self.express_invite
+            else:
+                express = None
+            if express is not None:
+                try:
+                    done = express(data, peer)
+                except Exception:  # never take the daemon down; the datagram is dropped
+                    log.exception("express path failed on %s from %s:%s",
+                                  data[:data.find(b" ")].decode(), peer.host, peer.port)
+                    return
+                if done:
+                    self.pump()
+                    return
         try:
             msg = parse_message(data, stream=peer.reliable)
         except ParseError as e:

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from typing import Final
 
-from .message import (
-    MAX_CSEQ,
-    SINGLE_HEADERS,
-    ParseError,
-    Via,
-    _is_token,
-    _key,
-    parse_name_addr,
-    parse_via,
+from .express import (
+    HeaderTable,
+    cseq_number,
+    one_contact,
+    one_via,
+    read_head,
+    remember,
+    ruri_ok,
+    scalar_ok,
 )
+from .message import SINGLE_HEADERS, ParseError, Via, parse_name_addr
 from .uri import SipURI, TelURI, URIError, parse_uri
 
 # What the express path reads, by the header's lowercase full name; any other header it
@@ -43,29 +44,13 @@ _CONTACT: Final = 8
 _AUTHORIZATION: Final = 9
 _CONTENT_LENGTH: Final = 10
 _USER_AGENT: Final = 11
-_COUNT: Final = 12
-_CODES: Final[dict[str, int]] = {
+_REGISTER: Final = HeaderTable({
     **{k: -1 for k in ("require", "path", "content-type", *SINGLE_HEADERS)},
     "via": _VIA, "from": _FROM, "to": _TO, "call-id": _CALL_ID, "cseq": _CSEQ,
     "max-forwards": _MAX_FORWARDS, "expires": _EXPIRES, "contact": _CONTACT,
     "authorization": _AUTHORIZATION, "content-length": _CONTENT_LENGTH,
     "user-agent": _USER_AGENT,
-}
-# header name as written → its code, -2 for a name that is not a token
-_NAME_CODES: Final[dict[str, int]] = {}
-
-
-def _code(name: str) -> int:
-    code = _NAME_CODES.get(name)
-    if code is None:
-        stripped = name.rstrip(" \t")
-        code = _CODES.get(_key(stripped), 0) if _is_token(stripped) else -2
-        _remember(_NAME_CODES, name, code)
-    return code
-
-
-# A Request-URI's verdict by its text (a box's phones all send the same one or two).
-_RURI_OK: Final[dict[str, bool]] = {}
+})
 
 
 class RegisterRequest:
@@ -96,42 +81,15 @@ def read_register(data: bytes) -> RegisterRequest | None:
     end = data.find(b"\r\n\r\n")
     if end < 0 or end + 4 != len(data):
         return None  # a body, or none of the header section's end
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
+    read = read_head(data, end, "REGISTER", _REGISTER)
+    if read is None:
         return None
-    lines = text.split("\r\n")  # the last two are the empty ones of the final CRLFCRLF
-    breaks = len(lines) - 1
-    if text.count("\r") != breaks or text.count("\n") != breaks:
-        return None  # a bare CR or LF (§7.5)
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[0] != "REGISTER" or parts[2] != "SIP/2.0":
+    ruri, values = read
+    expires = values[_EXPIRES]
+    length = values[_CONTENT_LENGTH]
+    if (not scalar_ok(expires, 2**32 - 1) or not scalar_ok(values[_MAX_FORWARDS], 255)
+            or length is not None and length != "0"):
         return None
-    values: list[str | None] = [None] * _COUNT  # by header code: each at most once
-    for i in range(1, breaks - 1):
-        line = lines[i]
-        if not line or line[0] == " " or line[0] == "\t":
-            return None  # folded (§7.3.1)
-        colon = line.find(":")
-        if colon <= 0:
-            return None
-        code = _code(line[:colon])
-        if code <= 0:
-            if code == 0:
-                continue
-            return None
-        if values[code] is not None:
-            return None  # a second Via, Contact, Authorization... or a repeated single one
-        value = line[colon + 1 :].strip(" \t")
-        if code == _EXPIRES:
-            if not value.isdigit() or int(value) > 2**32 - 1:
-                return None
-        elif code == _MAX_FORWARDS:
-            if not value.isdigit() or int(value) > 255:
-                return None
-        elif code == _CONTENT_LENGTH and value != "0":
-            return None
-        values[code] = value
     r = RegisterRequest()
     r.via_text = values[_VIA] or ""
     r.from_ = values[_FROM] or ""
@@ -140,9 +98,9 @@ def read_register(data: bytes) -> RegisterRequest | None:
     r.cseq = values[_CSEQ] or ""
     r.contact = values[_CONTACT]
     r.authorization = values[_AUTHORIZATION]
-    r.expires = values[_EXPIRES]
+    r.expires = expires
     r.user_agent = values[_USER_AGENT] or ""
-    return r if _checked(r, parts[1]) else None
+    return r if _checked(r, ruri) else None
 
 
 def _checked(r: RegisterRequest, ruri: str) -> bool:
@@ -151,57 +109,35 @@ def _checked(r: RegisterRequest, ruri: str) -> bool:
     call_id = r.call_id
     if not call_id or " " in call_id or not r.from_ or not r.to or not r.via_text:
         return False
-    cseq = r.cseq.split()
-    if len(cseq) != 2 or cseq[1] != "REGISTER" or not cseq[0].isdigit():
-        return False
-    num = int(cseq[0])
-    if num > MAX_CSEQ:
+    num = cseq_number(r.cseq, "REGISTER")
+    if num < 0:
         return False
     r.cseq_num = num
     to = _TO_SEEN.get(r.to)
     if to is None:
         to = _aor(r.to)
-        _remember(_TO_SEEN, r.to, to)
+        remember(_TO_SEEN, r.to, to)
     if not to[0]:
         return False
     r.aor = to[1]
     contact = r.contact
     if contact is not None:
-        found = _CONTACT_SEEN.get(contact)
-        if found is None:
-            found = _contact(contact)
-            _remember(_CONTACT_SEEN, contact, found)
+        found = one_contact(contact)
         if not found[0]:
             return False
         r.contact = found[0]
         r.contact_params = found[1]
-    via = r.via_text
-    if "," in via or via != via.strip():
-        return False  # several Via values, or more than LWS around one
     try:
         parse_name_addr(r.from_, "From")
-        r.via = parse_via(via)
     except ParseError:
         return False
-    ok = _RURI_OK.get(ruri)
-    if ok is None:
-        ok = _ruri_ok(ruri)
-        _remember(_RURI_OK, ruri, ok)
-    return ok
+    r.via = one_via(r.via_text)
+    return r.via is not None and ruri_ok(ruri)
 
 
-# To and Contact values checked, by their text: a phone sends the same ones in every
-# refresh (the To of a REGISTER has no tag). Bounded: values come from the network.
+# To values checked, by their text: a phone sends the same one in every refresh (the To
+# of a REGISTER has no tag). Bounded: values come from the network.
 _TO_SEEN: Final[dict[str, tuple[bool, str | None]]] = {}
-_CONTACT_SEEN: Final[dict[str, tuple[str, dict[str, str | None]]]] = {}
-
-
-def _remember(cache: dict, text: str, value: object) -> None:
-    """Keep `value` for `text` in one of this module's caches, bounded (their keys come
-    from the network): a full cache starts again."""
-    if len(cache) >= 4096:
-        cache.clear()
-    cache[text] = value
 
 
 def _aor(to: str) -> tuple[bool, str | None]:
@@ -217,26 +153,3 @@ def _aor(to: str) -> tuple[bool, str | None]:
         return False, None
     return True, uri.user
 
-
-def _contact(text: str) -> tuple[str, dict[str, str | None]]:
-    """The URI and parameters of one Contact value the general path accepts; ("", {})
-    for anything else ('*', several values, a bad URI): the general path takes it."""
-    if "," in text or text != text.strip():
-        return "", {}
-    try:
-        value = parse_name_addr(text, "Contact")
-        parse_uri(value.uri)
-    except (URIError, ParseError):
-        return "", {}
-    return value.uri, value.params
-
-
-def _ruri_ok(text: str) -> bool:
-    """A Request-URI validate_request accepts for a SIP URI (a tel: one: the general path)."""
-    if not text or text[0] == "<" or "\t" in text:
-        return False
-    try:
-        uri = parse_uri(text)
-    except URIError:
-        return False
-    return isinstance(uri, SipURI) and uri.headers is None

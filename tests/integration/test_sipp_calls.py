@@ -230,3 +230,26 @@ def test_callee_2xx_retransmitted_after_hangup_is_acked_again(daemon, tmp_path) 
             assert again.raw == first.raw   # the very same ACK
         finally:
             caller.stop()
+
+
+def test_the_express_and_the_general_challenge_answer_alike(daemon) -> None:
+    """A first INVITE without credentials over UDP is challenged by the express path
+    (Pbx.express_invite); `Require: 100rel` (an extension we support, §8.2.2.3) sends
+    the same INVITE down the general path (Call.start). The phone must not be able to
+    tell: the same 407, to the byte but for per-request values; and over TCP, which
+    only the general path serves, the same again but for the transport."""
+    answers = []
+    for transport, extra in (("udp", []), ("udp", ["Require: 100rel"]), ("tcp", [])):
+        with rawsip.SipClient(transport, ("127.0.0.1", daemon.port)) as c:
+            invite = rawsip.build_request(
+                "INVITE", f"sip:101@127.0.0.1:{daemon.port}", client=c,
+                from_uri="sip:100@127.0.0.1", to_uri="sip:101@127.0.0.1",
+                call_id=rawsip.new_tag() + "@127.0.0.1", cseq=1, from_tag=rawsip.new_tag(),
+                contact=f"<sip:100@{c.local[0]}:{c.local[1]}>", extra_headers=extra,
+                body=rawsip.PHONE_SDP, content_type="application/sdp")
+            c.send(invite)
+            answer = c.recv_final(cseq_method="INVITE")
+            assert answer is not None and answer.status == 407, answer
+            answers.append(rawsip.mask_volatile(answer.text()).replace("/TCP ", "/UDP "))
+    assert answers[0] == answers[1] == answers[2]
+    assert '\r\nProxy-Authenticate: Digest realm="' in answers[0]

@@ -40,14 +40,19 @@ _NONCE = re.compile(rb'nonce="[^"]*"')
 class Box:
     """An endpoint and PBX fed datagrams by hand; what it sends is kept."""
 
-    def __init__(self, express: bool) -> None:
+    def __init__(self, express: bool, hook: str = "express_register", **config: dict) -> None:
+        """`hook`: the endpoint's express path under test; `config`: sections of the
+        configuration to add (trunks, lines)."""
         cfg = default_config()
         cfg.extensions = {user: Extension(password=pw) for user, pw in PASSWORDS.items()}
         cfg.sip.domain = "example.com"
+        for section, entries in config.items():
+            setattr(cfg, section, entries)
         self.endpoint = Endpoint(Timers())
         self.sent: list[tuple[Peer, bytes]] = []
         self.endpoint.transports.send = lambda peer, data: self.sent.append((peer, data))
         self.endpoint.transports.local["udp"] = ("198.51.100.1", 5060)
+        self.endpoint.bind_host = "198.51.100.1"  # our address, without a route lookup
         self.bus = Bus()
         self.pbx = Pbx(self.endpoint, cfg, Location(None), self.bus, SECRET)
         self.endpoint.tu = self.pbx
@@ -56,16 +61,16 @@ class Box:
         self.bus.subscribe(ExtensionRegistered, self.events.append)
         self.bus.subscribe(ExtensionUnregistered, self.events.append)
         self.served = 0
-        express_path = self.endpoint.express_register
+        express_path = getattr(self.endpoint, hook)
         assert express_path is not None  # the box as shipped uses it
         if express:
             def counted(data: bytes, peer: Peer) -> bool:
                 done = express_path(data, peer)
                 self.served += done
                 return done
-            self.endpoint.express_register = counted
+            setattr(self.endpoint, hook, counted)
         else:
-            self.endpoint.express_register = None
+            setattr(self.endpoint, hook, None)
 
     def feed(self, data: bytes, peer: Peer = PHONE) -> list[tuple[Peer, bytes]]:
         self.endpoint._on_bytes(data, peer)
@@ -174,9 +179,17 @@ def _user(lines: list[str]) -> str:
     return to.split("sip:")[1].split("@")[0]
 
 
-def _line_mutations(lines: list[str]) -> Iterator[list[str]]:
+REGISTER_EXTRAS = (
+    "Require: gin", "Require: path", "Path: <sip:proxy.example.com;lr>",
+    "Content-Type: application/sdp", " folded", "Supported: path, outbound", "Min-Expires: 60",
+    "Proxy-Require: x", "Bad Name: x", "Expires: 30", "Authorization: Digest username=\"1000\"",
+    "Contact: *", "Contact: <sip:1000@192.0.2.7:5071>", "Via: SIP/2.0/UDP proxy;branch=z9hG4bKp")
+
+
+def _line_mutations(lines: list[str],
+                    extras: tuple[str, ...] = REGISTER_EXTRAS) -> Iterator[list[str]]:
     """Each header line (not the request line, not the credentials) with one character
-    replaced, inserted or deleted; each line dropped and doubled; odd lines added."""
+    replaced, inserted or deleted; each line dropped and doubled; `extras` added."""
     for i in range(1, len(lines)):
         line = lines[i]
         if line == "AUTH":
@@ -194,11 +207,7 @@ def _line_mutations(lines: list[str]) -> Iterator[list[str]]:
         if lines[i].startswith(("Via:", "v:")):
             for via in VIAS:
                 yield lines[:i] + [f"Via: {via}"] + lines[i + 1:]
-    for extra in ("Require: gin", "Require: path", "Path: <sip:proxy.example.com;lr>",
-                  "Content-Type: application/sdp", " folded", "Supported: path, outbound",
-                  "Min-Expires: 60", "Proxy-Require: x", "Bad Name: x", "Expires: 30",
-                  "Authorization: Digest username=\"1000\"", "Contact: *",
-                  "Contact: <sip:1000@192.0.2.7:5071>", "Via: SIP/2.0/UDP proxy;branch=z9hG4bKp"):
+    for extra in extras:
         yield lines + [extra]
 
 

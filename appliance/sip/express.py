@@ -1,0 +1,273 @@
+"""Requests read straight from their header lines: what the express paths share.
+
+Most of what a box receives has one shape: a REGISTER (appliance/sip/register.py), or
+the first INVITE of a call, sent without credentials to be challenged (below). Building
+`Headers`, a `Request` and parsed values that nobody reads is most of what answering
+them costs (docs/performance.md). An express path reads such a datagram's lines with
+`read_head` and a table of the headers it reads, then makes every check that
+`parse_message` and `validate_request` (RFC 3261 §8.2) would make on them, with the
+same parsers; anything else (an error, a header it does not know how to judge, any
+doubt) gives None, and the general path answers the datagram as before, errors included.
+So an express path never answers differently; tests/unit/test_register_express.py and
+tests/unit/test_invite_express.py send both paths the same datagrams, mutated, and
+compare what they send.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .endpoint import stamp_received
+from .message import (
+    MAX_CSEQ,
+    SINGLE_HEADERS,
+    ParseError,
+    Via,
+    _is_token,
+    _key,
+    parse_name_addr,
+    parse_via,
+)
+from .transaction import Peer
+from .uri import SipURI, URIError, parse_uri
+
+
+def remember(cache: dict, text: str, value: object) -> None:
+    """Keep `value` for `text` in one of the express paths' caches, bounded (their keys
+    come from the network): a full cache starts again."""
+    if len(cache) >= 4096:
+        cache.clear()
+    cache[text] = value
+
+
+class HeaderTable:
+    """What an express path reads, by a header's lowercase full name: a code > 0 keeps
+    the value (a second line of it: the general path); 0 ignores it, as the path's
+    handler does; -1 marks one the general path would act on or refuse."""
+
+    __slots__ = ("codes", "count", "_names")
+
+    def __init__(self, codes: dict[str, int]) -> None:
+        self.codes = codes
+        self.count = max(codes.values()) + 1
+        self._names: dict[str, int] = {}  # a name as written → its code, -2: not a token
+
+    def code(self, name: str) -> int:
+        code = self._names.get(name)
+        if code is None:
+            stripped = name.rstrip(" \t")
+            code = self.codes.get(_key(stripped), 0) if _is_token(stripped) else -2
+            remember(self._names, name, code)
+        return code
+
+
+def read_head(data: bytes, end: int, method: str,
+              table: HeaderTable) -> tuple[str, list[str | None]] | None:
+    """The Request-URI and the header values, by code, of a `method` request whose
+    header section ends at `end` (where its CRLFCRLF starts); None: not of the common
+    shape (another method or version, a bare CR or LF (§7.5), a folded line (§7.3.1),
+    a header the table refuses or a second one of a kept header)."""
+    try:
+        text = data[:end].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    breaks = len(lines) - 1
+    if text.count("\r") != breaks or text.count("\n") != breaks:
+        return None
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[0] != method or parts[2] != "SIP/2.0":
+        return None
+    values: list[str | None] = [None] * table.count
+    code_of = table.code
+    for i in range(1, breaks + 1):
+        line = lines[i]
+        if not line or line[0] == " " or line[0] == "\t":
+            return None  # folded (§7.3.1)
+        colon = line.find(":")
+        if colon <= 0:
+            return None
+        code = code_of(line[:colon])
+        if code <= 0:
+            if code == 0:
+                continue
+            return None
+        if values[code] is not None:
+            return None  # a second Via, Contact... or a repeated single one
+        values[code] = line[colon + 1 :].strip(" \t")
+    return parts[1], values
+
+
+def scalar_ok(value: str | None, limit: int) -> bool:
+    """Max-Forwards, Expires: absent, or digits up to `limit` (validate_request)."""
+    return value is None or (value.isdigit() and int(value) <= limit)
+
+
+def cseq_number(cseq: str, method: str) -> int:
+    """The number of a CSeq `num method` that validate_request accepts; -1 otherwise."""
+    parts = cseq.split()
+    if len(parts) != 2 or parts[1] != method or not parts[0].isdigit():
+        return -1
+    num = int(parts[0])
+    return -1 if num > MAX_CSEQ else num
+
+
+def one_via(text: str) -> Via | None:
+    """The only Via of a request, parsed; None for several values, more than LWS
+    around one, or one parse_via refuses."""
+    if not text or "," in text or text != text.strip():
+        return None
+    try:
+        return parse_via(text)
+    except ParseError:
+        return None
+
+
+# A Request-URI's verdict by its text (a box's phones all send the same one or two).
+_RURI_OK: Final[dict[str, bool]] = {}
+
+
+def ruri_ok(text: str) -> bool:
+    """A SIP Request-URI validate_request accepts (a tel: one: the general path)."""
+    ok = _RURI_OK.get(text)
+    if ok is None:
+        ok = _ruri_ok(text)
+        remember(_RURI_OK, text, ok)
+    return ok
+
+
+def _ruri_ok(text: str) -> bool:
+    if not text or text[0] == "<" or "\t" in text:
+        return False
+    try:
+        uri = parse_uri(text)
+    except URIError:
+        return False
+    return isinstance(uri, SipURI) and uri.headers is None
+
+
+# Contact values checked, by their text: a phone sends the same one every time.
+_CONTACT_SEEN: Final[dict[str, tuple[str, dict[str, str | None]]]] = {}
+
+
+def one_contact(text: str) -> tuple[str, dict[str, str | None]]:
+    """The URI and parameters of one Contact value the general path accepts; ("", {})
+    for anything else ('*', several values, a bad URI): the general path takes it."""
+    found = _CONTACT_SEEN.get(text)
+    if found is None:
+        found = _contact(text)
+        remember(_CONTACT_SEEN, text, found)
+    return found
+
+
+def _contact(text: str) -> tuple[str, dict[str, str | None]]:
+    if "," in text or text != text.strip():
+        return "", {}
+    try:
+        value = parse_name_addr(text, "Contact")
+        parse_uri(value.uri)
+    except (URIError, ParseError):
+        return "", {}
+    return value.uri, value.params
+
+
+def response_head(status_line: str, via_text: str, via: Via, source: Peer, from_: str,
+                  to: str, call_id: str, cseq: str, tag: str) -> str:
+    """§8.2.6.2: the status line, Via (stamped, §18.2.1), From, To with our tag, Call-ID
+    and CSeq, as make_response copies them."""
+    if stamp_received(via, source):
+        via_text = str(via)
+    return (f"{status_line}\r\nVia: {via_text}\r\nFrom: {from_}\r\nTo: {to};tag={tag}"
+            f"\r\nCall-ID: {call_id}\r\nCSeq: {cseq}")
+
+
+def finish(head: list[str]) -> bytes:
+    head.append("Content-Length: 0\r\n\r\n")
+    return "\r\n".join(head).encode()
+
+
+# -- the first INVITE of a call, without credentials ----------------------------------
+_I_VIA: Final = 1
+_I_FROM: Final = 2
+_I_TO: Final = 3
+_I_CALL_ID: Final = 4
+_I_CSEQ: Final = 5
+_I_MAX_FORWARDS: Final = 6
+_I_EXPIRES: Final = 7
+_I_CONTACT: Final = 8
+_I_CONTENT_LENGTH: Final = 9
+_I_SINGLE: Final = 10  # the other single headers (§20 table 2): kept to refuse repeats
+_INVITE: Final = HeaderTable({
+    # Credentials, options the general path answers 420 for, a route set it acts on
+    "proxy-authorization": -1, "authorization": -1, "require": -1, "proxy-require": -1,
+    "route": -1,
+    **{k: _I_SINGLE + i for i, k in enumerate(sorted(
+        SINGLE_HEADERS - {"call-id", "cseq", "from", "to", "max-forwards", "content-length",
+                          "expires"}))},
+    "via": _I_VIA, "from": _I_FROM, "to": _I_TO, "call-id": _I_CALL_ID, "cseq": _I_CSEQ,
+    "max-forwards": _I_MAX_FORWARDS, "expires": _I_EXPIRES, "contact": _I_CONTACT,
+    "content-length": _I_CONTENT_LENGTH,
+})
+
+
+class InviteRequest:
+    """What a digest challenge to an INVITE without credentials copies, as sent."""
+
+    __slots__ = ("via_text", "via", "from_", "from_user", "to", "call_id", "cseq")
+
+    def __init__(self, via_text: str, via: Via, from_: str, from_user: str, to: str,
+                 call_id: str, cseq: str) -> None:
+        self.via_text = via_text
+        self.via = via
+        self.from_ = from_
+        self.from_user = from_user   # the user part of the From URI, "" if none
+        self.to = to
+        self.call_id = call_id
+        self.cseq = cseq
+
+
+def read_invite(data: bytes) -> InviteRequest | None:
+    """An INVITE datagram without credentials, outside any dialog, that the general
+    path would accept and hand to the PBX; None: leave it to the general path."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    read = read_head(data, end, "INVITE", _INVITE)
+    if read is None:
+        return None
+    ruri, values = read
+    via_text = values[_I_VIA]
+    from_ = values[_I_FROM]
+    to = values[_I_TO]
+    call_id = values[_I_CALL_ID]
+    cseq = values[_I_CSEQ]
+    if via_text is None or from_ is None or to is None or call_id is None or cseq is None:
+        return None
+    if not call_id or " " in call_id or cseq_number(cseq, "INVITE") < 0:
+        return None
+    if ";tag=" in to.replace(" ", "").lower():
+        return None  # within a dialog (and make_response would not add our tag)
+    length = values[_I_CONTENT_LENGTH]
+    if length is not None and (not length.isdigit() or len(length) > 10
+                               or int(length) > len(data) - end - 4):
+        return None  # §18.3: the general path answers 400
+    mf = values[_I_MAX_FORWARDS]
+    if not scalar_ok(mf, 255) or mf is not None and int(mf) == 0:
+        return None  # 400, or 483 Too Many Hops
+    if not scalar_ok(values[_I_EXPIRES], 2**32 - 1):
+        return None
+    contact = values[_I_CONTACT]
+    if contact is not None and not one_contact(contact)[0]:
+        return None
+    via = one_via(via_text)
+    if via is None or not ruri_ok(ruri):
+        return None
+    try:
+        to_value = parse_name_addr(to, "To")
+        from_value = parse_name_addr(from_, "From")
+        from_uri = parse_uri(from_value.uri)
+    except (ParseError, URIError):
+        return None
+    if "tag" in to_value.params or not isinstance(from_uri, SipURI) or not from_uri.user:
+        return None  # within a dialog; or a caller that is no extension (403)
+    return InviteRequest(via_text, via, from_, from_uri.user, to, call_id, cseq)
