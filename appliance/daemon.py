@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import logging
 import os
@@ -13,10 +12,10 @@ import ssl
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
 
-from . import NATIVE, gcpolicy, systemd
+from . import NATIVE, gcpolicy, loglines, systemd
 from .bus import Bus, ExtensionUnregistered
+from .loglines import LogLines
 from .pbx.core import Pbx
 from .pbx.location import Location
 from .sip.endpoint import Endpoint
@@ -31,70 +30,14 @@ log = logging.getLogger("appliance")
 SHUTDOWN_GRACE = 3.0  # seconds to wait for BYE answers on SIGTERM
 
 
-class LogLines(logging.Handler):
-    """The log's handler: one line per record, "time LEVEL name: message", and the lines
-    of one turn of the event loop leave in one write at its end, like the UDP datagrams
-    (a call logs three lines; a write each was 4% of the CPU at 1,500 calls/s). Outside
-    a running loop (start-up, executor threads) they leave at once, and at exit. The
-    time is formatted once a second, the line with one f-string: logging's generic
-    Formatter cost as much as the rest of the record."""
-
-    def __init__(self, out: TextIO, prefix: str = "") -> None:
-        super().__init__()
-        self.out = out
-        self.prefix = prefix       # what marks a worker's lines ("worker 1 ")
-        self.lines: list[str] = []
-        self._second = -1
-        self._stamp = ""
-        self._tracebacks = logging.Formatter()
-        atexit.register(self.flush_now)
-
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
-        # no filters, and no lock: the loop's thread appends; other threads write at once
-        self.emit(record)
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            second = int(record.created)
-            if second != self._second:
-                self._second = second
-                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            line = (f"{self._stamp},{int(record.msecs):03d} {record.levelname:<5} "
-                    f"{self.prefix}{record.name}: {record.getMessage()}\n")
-            if record.exc_info:
-                line += self._tracebacks.formatException(record.exc_info) + "\n"
-        except Exception:
-            self.handleError(record)
-            return
-        self.write(line)
-
-    def write(self, text: str) -> None:
-        if not self.lines:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                with contextlib.suppress(OSError, ValueError):
-                    self.out.write(text)
-                    self.out.flush()
-                return
-            loop.call_soon(self.flush_now)
-        self.lines.append(text)
-
-    def flush_now(self) -> None:
-        if self.lines:
-            text, self.lines = "".join(self.lines), []
-            with contextlib.suppress(OSError, ValueError):  # stderr closed: nothing to do
-                self.out.write(text)
-                self.out.flush()
-
-
 def setup_logging(level: str, sip_trace: bool, prefix: str = "") -> None:
     """`prefix`: what marks a SIP worker's lines ("worker 1 ")."""
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
-    root.addHandler(LogLines(sys.stderr, prefix))
+    handler = LogLines(sys.stderr, prefix)
+    root.addHandler(handler)
+    loglines.install(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # The format uses none of these: skip collecting them for every record (the logging
     # HOWTO's "Optimization" section). A call logs three lines; finding the caller's

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from .. import loglines
 from ..bus import CallAnswered, CallEnded, CallRinging, DtmfReceived
 from ..media.sdp import is_sdp
 from ..sip.dialog import Dialog, new_call_id, new_tag
@@ -603,7 +604,8 @@ class Call:
             self._fail(480, "Temporarily Unavailable")
             return
         self.attempt += 1
-        log.info("call %s → %s: ringing %d contact(s)", self.caller, number, len(bindings))
+        loglines.info(log, "call %s → %s: ringing %d contact(s)", self.caller, number,
+                      len(bindings))
         for b in bindings:
             self._fork_to_binding(b, number)
         if fw.no_answer:
@@ -859,7 +861,7 @@ class Call:
         self.pending_ack[self.a_leg] = (self.b_leg, fork.request.cseq[0])
         self.state = "answered"
         self.answered_at = time.monotonic()
-        log.info("call %s → %s answered", self.caller, self.callee)
+        loglines.info(log, "call %s → %s answered", self.caller, self.callee)
         pbx.bus.publish(CallAnswered(self.a_req.call_id, self.caller, self.callee))
         timeout = pbx.config.media.timeout
         if self.bridge is not None and self.bridge.relay is not None and timeout:
@@ -1089,8 +1091,8 @@ class Call:
         if self.bridge is not None:
             media = self.bridge.stats()
             self.bridge.close()
-        log.info("call %s → %s ended: %s (%d), %.1f s%s", self.caller, self.callee, reason,
-                 status, duration, f", media {media}" if media else "")
+        loglines.info(log, "call %s → %s ended: %s (%d), %.1f s%s", self.caller, self.callee,
+                      reason, status, duration, f", media {media}" if media else "")
         pbx.bus.publish(CallEnded(self.a_req.call_id, self.caller, self.callee,
                                   200 if self.answered_at else status, reason, duration,
                                   media))

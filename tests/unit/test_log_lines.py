@@ -1,4 +1,5 @@
-"""The daemon's log handler (appliance/daemon.py LogLines): format, batching, tracebacks."""
+"""The daemon's log handler (appliance/loglines.py LogLines): format, batching, tracebacks,
+and the direct way in for a call's lines (loglines.info)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import io
 import logging
 import re
 
-from appliance.daemon import LogLines
+from appliance import loglines
+from appliance.loglines import LogLines
 
 
 class Counting(io.StringIO):
@@ -58,3 +60,71 @@ def test_outside_a_loop_a_line_leaves_at_once_with_its_traceback() -> None:
     text = out.getvalue()
     assert f"ERROR {log.name}: failed on input\nTraceback (most recent call last):" in text
     assert text.endswith("ValueError: boom\n")
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_calls_line_goes_straight_to_the_daemons_handler_and_reads_the_same(
+        monkeypatch) -> None:
+    """loglines.info writes the line LogRecord and Logger.info would have written, to
+    the byte, without making a record, while the daemon's handler is the only one."""
+    out = Counting()
+    handler = LogLines(out, "worker 2 ")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])  # pytest's own, put back after
+    monkeypatch.setattr(loglines, "_handler", handler)
+    monkeypatch.setattr(root, "level", logging.INFO)
+    made: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args, **kwargs) -> logging.LogRecord:
+        made.append(factory(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(logging, "_logRecordFactory", counting)
+    log = logging.getLogger("appliance.pbx.call")
+    for now in (1_800_000_000.25, 1_800_000_000.999, 1_800_000_001.0):
+        monkeypatch.setattr("time.time", lambda now=now: now)
+        loglines.info(log, "call %s → %s ended: %s (%d), %.1f s", "100", "101", "hangup",
+                      16, 12.345)
+        assert made == []  # no record
+        log.info("call %s → %s ended: %s (%d), %.1f s", "100", "101", "hangup", 16, 12.345)
+        assert len(made) == 1
+        made.clear()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 6 and out.writes == 6  # outside a loop: one write each
+    assert lines[0] == lines[1] and lines[2] == lines[3] and lines[4] == lines[5]
+    assert lines[2].endswith(",999 INFO  worker 2 appliance.pbx.call: call 100 → 101 ended: "
+                             "hangup (16), 12.3 s")
+    assert ",250 INFO  " in lines[0] and ",000 INFO  " in lines[4]
+
+
+def test_with_another_handler_or_the_level_above_info_it_is_logger_info(monkeypatch) -> None:
+    out = Counting()
+    handler = LogLines(out)
+    seen = Records()
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler, seen])  # a test capturing logs, say
+    monkeypatch.setattr(loglines, "_handler", handler)
+    monkeypatch.setattr(root, "level", logging.INFO)
+    log = logging.getLogger("appliance.pbx.call")
+    loglines.info(log, "call %s → %s answered", "100", "101")
+    assert [r.getMessage() for r in seen.records] == ["call 100 → 101 answered"]
+    assert out.getvalue().endswith(" INFO  appliance.pbx.call: call 100 → 101 answered\n")
+    # a handler on the way up also sees it; a level above INFO silences it
+    monkeypatch.setattr(root, "handlers", [handler])
+    monkeypatch.setattr(logging.getLogger("appliance"), "handlers", [seen])
+    loglines.info(log, "call %s → %s: no answer", "100", "101")
+    assert len(seen.records) == 2 and out.getvalue().count("\n") == 2
+    monkeypatch.setattr(log, "level", logging.WARNING)
+    log.manager._clear_cache()
+    loglines.info(log, "call %s → %s: not registered", "100", "101")
+    assert len(seen.records) == 2 and out.getvalue().count("\n") == 2
+    log.manager._clear_cache()
