@@ -22,7 +22,8 @@ from typing import TextIO
 _handler: LogLines | None = None  # the daemon's (setup_logging), once installed
 
 
-def install(handler: LogLines) -> None:
+def install(handler: LogLines | None) -> None:
+    """`handler`: the root logger's, for `info`; None: every line through Logger.info."""
     global _handler
     _handler = handler
 
