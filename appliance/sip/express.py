@@ -198,7 +198,8 @@ _I_CONTACT: Final = 8
 _I_CONTENT_LENGTH: Final = 9
 _I_SINGLE: Final = 10  # the other single headers (§20 table 2): kept to refuse repeats
 _INVITE: Final = HeaderTable({
-    # Credentials, options the general path answers 420 for, a route set it acts on
+    # Credentials (either kind: the general path takes any INVITE that carries some),
+    # options it answers 420 for, a route set: all left to it
     "proxy-authorization": -1, "authorization": -1, "require": -1, "proxy-require": -1,
     "route": -1,
     **{k: _I_SINGLE + i for i, k in enumerate(sorted(
@@ -220,7 +221,7 @@ class InviteRequest:
         self.via_text = via_text
         self.via = via
         self.from_ = from_
-        self.from_user = from_user   # the user part of the From URI, "" if none
+        self.from_user = from_user   # the user part of the From URI (an extension?)
         self.to = to
         self.call_id = call_id
         self.cseq = cseq
