@@ -61,12 +61,15 @@ class HeaderTable:
         return code
 
 
-def read_head(data: bytes, end: int, method: str,
-              table: HeaderTable) -> tuple[str, list[str | None]] | None:
-    """The Request-URI and the header values, by code, of a `method` request whose
-    header section ends at `end` (where its CRLFCRLF starts); None: not of the common
-    shape (another method or version, a bare CR or LF (§7.5), a folded line (§7.3.1),
-    a header the table refuses or a second one of a kept header)."""
+def read_head(data: bytes, method: str,
+              table: HeaderTable) -> tuple[str, list[str | None], int] | None:
+    """The Request-URI, the header values by code, and the length of the body that
+    follows the header section, of a `method` request; None: not of the common shape
+    (no CRLFCRLF, another method or version, a bare CR or LF (§7.5), a folded line
+    (§7.3.1), a header the table refuses or a second one of a kept header)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
     try:
         text = data[:end].decode("ascii")
     except UnicodeDecodeError:
@@ -95,7 +98,7 @@ def read_head(data: bytes, end: int, method: str,
         if values[code] is not None:
             return None  # a second Via, Contact... or a repeated single one
         values[code] = line[colon + 1 :].strip(" \t")
-    return parts[1], values
+    return parts[1], values, len(data) - end - 4
 
 
 def scalar_ok(value: str | None, limit: int) -> bool:
@@ -230,13 +233,10 @@ class InviteRequest:
 def read_invite(data: bytes) -> InviteRequest | None:
     """An INVITE datagram without credentials, outside any dialog, that the general
     path would accept and hand to the PBX; None: leave it to the general path."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    read = read_head(data, end, "INVITE", _INVITE)
+    read = read_head(data, "INVITE", _INVITE)
     if read is None:
         return None
-    ruri, values = read
+    ruri, values, body = read
     via_text = values[_I_VIA]
     from_ = values[_I_FROM]
     to = values[_I_TO]
@@ -250,7 +250,7 @@ def read_invite(data: bytes) -> InviteRequest | None:
         return None  # within a dialog (and make_response would not add our tag)
     length = values[_I_CONTENT_LENGTH]
     if length is not None and (not length.isdigit() or len(length) > 10
-                               or int(length) > len(data) - end - 4):
+                               or int(length) > body):
         return None  # §18.3: the general path answers 400
     mf = values[_I_MAX_FORWARDS]
     if not scalar_ok(mf, 255) or mf is not None and int(mf) == 0:

@@ -78,13 +78,10 @@ class RegisterRequest:
 def read_register(data: bytes) -> RegisterRequest | None:
     """The REGISTER datagram `data` if the general path would accept it and it has the
     common shape; None: leave it to the general path."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0 or end + 4 != len(data):
-        return None  # a body, or none of the header section's end
-    read = read_head(data, end, "REGISTER", _REGISTER)
-    if read is None:
-        return None
-    ruri, values = read
+    read = read_head(data, "REGISTER", _REGISTER)
+    if read is None or read[2]:
+        return None  # not of the common shape, or a body
+    ruri, values, _ = read
     expires = values[_EXPIRES]
     length = values[_CONTENT_LENGTH]
     if (not scalar_ok(expires, 2**32 - 1) or not scalar_ok(values[_MAX_FORWARDS], 255)

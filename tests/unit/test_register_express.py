@@ -100,11 +100,16 @@ def boxes() -> Iterator[tuple[Box, Box]]:
 
 def authorization(box: Box, user: str, password: str, uri: str = "sip:example.com",
                   realm: str = "example.com") -> str:
-    nonce = box.nonce()
+    return credentials("Authorization", user, password, "REGISTER", uri, box.nonce(), realm)
+
+
+def credentials(header: str, user: str, password: str, method: str, uri: str, nonce: str,
+                realm: str = "example.com") -> str:
+    """A `header` line answering `nonce` (RFC 2617 MD5, qop=auth), without its CRLF."""
     ha1 = hashlib.md5(f"{user}:{realm}:{password}".encode()).hexdigest()
-    ha2 = hashlib.md5(f"REGISTER:{uri}".encode()).hexdigest()
+    ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()
     response = hashlib.md5(f"{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}".encode()).hexdigest()
-    return (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", '
+    return (f'{header}: Digest username="{user}", realm="{realm}", nonce="{nonce}", '
             f'uri="{uri}", response="{response}", algorithm=MD5, cnonce="0a4f113b", '
             f"nc=00000001, qop=auth")
 
