@@ -30,6 +30,7 @@ MANIFEST = PACKAGE / "_native.txt"
 GROUP = "appliance._native"  # the shared library: appliance/_native__mypyc.*.so
 
 MODULES = [
+    "sip/memo.py",
     "sip/uri.py",
     "sip/tokens.py",
     "sip/message.py",

@@ -22,6 +22,7 @@ from .message import (
     Response,
     Via,
     make_response,
+    own_via,
     parse_message,
     split_list,
     unsupported_options,
@@ -127,7 +128,8 @@ class Endpoint:
         return f"{host}:{self.local_port(peer.transport)}"
 
     def make_via(self, peer: Peer) -> str:
-        return f"SIP/2.0/{peer.transport.upper()} {self.hostport(peer)};branch={new_branch()};rport"
+        return own_via(peer.transport, self.local_host(peer), self.local_port(peer.transport),
+                       new_branch())
 
     def contact_uri(self, peer: Peer, user: str | None = None) -> str:
         """Our Contact for a peer: `sip:` with `;transport=` (RFC 5630 §3.1.3: sips would
@@ -290,26 +292,26 @@ class Endpoint:
         self.pump()
 
 
-def stamp_received(via: Via, peer: Peer) -> bool:
-    """§18.2.1 received, RFC 3581 §4 rport, on a request's top Via; whether it changed."""
-    params = via.params
-    changed = False
-    if via.host.strip("[]") != peer.host:
-        params["received"] = peer.host
-        changed = True
-    if "rport" in params and params["rport"] is None:
+def stamp_received(via: Via, peer: Peer) -> Via | None:
+    """§18.2.1 received, RFC 3581 §4 rport, on a request's top Via: the Via stamped, a
+    new one (a parsed Via is shared, appliance/sip/memo.py); None if nothing changes."""
+    received = via.host.strip("[]") != peer.host
+    rport = "rport" in via.params and via.params["rport"] is None
+    if not (received or rport):
+        return None
+    params = dict(via.params)
+    params["received"] = peer.host
+    if rport:
         params["rport"] = str(peer.port)
-        params["received"] = peer.host
-        changed = True
-    return changed
+    return Via(via.transport, via.host, via.port, params)
 
 
 def _stamp_via(req: Request, peer: Peer) -> None:
     """stamp_received on the top Via of a request, and its header line rewritten."""
-    via = req.top_via
-    if stamp_received(via, peer):
+    via = stamp_received(req.top_via, peer)
+    if via is not None:
+        req.vias[0] = via  # the stamped Via, cached for the layers above
         # Rewrite only the first Via value; later ones stay byte-identical.
-        # (The parsed Via, edited in place above, stays cached.)
         headers = req.headers
         items = headers._items
         for i, (k, v) in enumerate(items):

@@ -178,8 +178,9 @@ def response_head(status_line: str, via_text: str, via: Via, source: Peer, from_
                   to: str, call_id: str, cseq: str, tag: str) -> str:
     """§8.2.6.2: the status line, Via (stamped, §18.2.1), From, To with our tag, Call-ID
     and CSeq, as make_response copies them."""
-    if stamp_received(via, source):
-        via_text = str(via)
+    stamped = stamp_received(via, source)
+    if stamped is not None:
+        via_text = str(stamped)
     return (f"{status_line}\r\nVia: {via_text}\r\nFrom: {from_}\r\nTo: {to};tag={tag}"
             f"\r\nCall-ID: {call_id}\r\nCSeq: {cseq}")
 

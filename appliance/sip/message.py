@@ -15,12 +15,13 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
+from .memo import Memo
 from .uri import URI, SipURI, URIError, parse_uri, split_params
 
 __all__ = [
     "ParseError", "Headers", "Message", "Request", "Response", "NameAddr", "Via",
     "parse_message", "validate_request", "validate_response", "StreamFramer",
-    "KEEPALIVE", "parse_name_addr", "parse_via", "split_list", "canonical_name",
+    "KEEPALIVE", "parse_name_addr", "parse_via", "own_via", "split_list", "canonical_name",
     "SUPPORTED_EXTENSIONS", "REASONS", "make_response", "unsupported_options",
 ]
 
@@ -364,12 +365,23 @@ class NameAddr:
         return f"NameAddr({str(self)!r})"
 
 
+# Values parsed by the fast paths, shared by the messages that carry the same text
+# (appliance/sip/memo.py): a NameAddr or Via is never changed once parsed.
+_NAME_ADDRS: Final[Memo[NameAddr]] = Memo(8192)
+_VIAS: Final[Memo[Via]] = Memo(4096)
+
+
 def parse_name_addr(value: str, where: str = "header") -> NameAddr:
     """Parse `name-addr / addr-spec` followed by header parameters (§20.10, §25.1)."""
+    known = _NAME_ADDRS.get(value)
+    if known is not None:
+        return known
     m = _FAST_NAME_ADDR_RE.fullmatch(value)
     if m is not None:
         display, uri, params = m.groups()
-        return NameAddr(uri, display, split_params(params) if params else {})
+        parsed = NameAddr(uri, display, split_params(params) if params else {})
+        _NAME_ADDRS.put(value, parsed)
+        return parsed
     return _parse_name_addr(value, where)
 
 
@@ -447,13 +459,30 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
+    known = _VIAS.get(value)
+    if known is not None:
+        return known
     m = _FAST_VIA_RE.fullmatch(value)
     if m is not None:
         transport, host, port, params = m.groups()
         if port is None or int(port) <= 65535:
-            return Via(transport.upper(), host, int(port) if port else None,
-                       split_params(params) if params else {})
+            via = Via(transport.upper(), host, int(port) if port else None,
+                      split_params(params) if params else {})
+            _VIAS.put(value, via)
+            return via
     return _parse_via(value)
+
+
+def own_via(transport: str, host: str, port: int, branch: str) -> str:
+    """The text of a Via of ours, `SIP/2.0/UDP host:port;branch=...;rport` (§8.1.1.7,
+    RFC 3581 §3), its parse kept in the memo: the transaction layer reads the branch
+    back from it, and each response to the request carries it back."""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    transport = transport.upper()
+    text = f"SIP/2.0/{transport} {host}:{port};branch={branch};rport"
+    _VIAS.put(text, Via(transport, host, port, {"branch": branch, "rport": None}))
+    return text
 
 
 def _parse_via(value: str) -> Via:

@@ -10,6 +10,8 @@ import re
 from typing import Final
 from urllib.parse import unquote
 
+from .memo import Memo
+
 __all__ = ["URIError", "SipURI", "TelURI", "AbsoluteURI", "URI", "parse_uri", "unescape",
            "split_params"]
 
@@ -244,14 +246,24 @@ def split_params(text: str) -> dict[str, str | None]:
     return params
 
 
+# SIP URIs parsed by the fast path, shared by the messages that carry the same text
+# (appliance/sip/memo.py): never change one, copy it (`SipURI.copy`).
+_URIS: Final[Memo[SipURI]] = Memo(4096)
+
+
 def parse_uri(text: str) -> URI:
     """Parse a URI as found in a Request-URI or inside < > of a name-addr."""
+    known = _URIS.get(text)
+    if known is not None:
+        return known
     m = _FAST_SIP_RE.fullmatch(text)
     if m is not None:
         scheme, user, host, port, params = m.groups()
         if port is None or int(port) <= 65535:
-            return SipURI(host, user, int(port) if port else None, scheme, None,
-                          split_params(params) if params else {})
+            uri = SipURI(host, user, int(port) if port else None, scheme, None,
+                         split_params(params) if params else {})
+            _URIS.put(text, uri)
+            return uri
     return _parse_uri(text)
 
 

@@ -1,0 +1,147 @@
+"""Parsed header values shared between messages (appliance/sip/memo.py).
+
+A memo hands the object parsed for a text to every later message with that exact text,
+so those objects must never change. These tests show the memo's bound, the sharing, a
+Via stamped with `received`/`rport` (RFC 3261 §18.2.1, RFC 3581 §4) for each sender
+without touching the shared one, and, after the bench's calls and registrations through
+both the express and the general paths, every kept object still equal to a fresh parse
+of its text."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.sip import message, uri
+from appliance.sip.memo import Memo
+from appliance.sip.message import NameAddr, ParseError, Via, parse_name_addr, parse_via
+from appliance.sip.transaction import Peer
+from appliance.sip.uri import SipURI, parse_uri
+
+from .test_register_express import Box as RegisterBox
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+MEMOS = {"name-addr": message._NAME_ADDRS, "via": message._VIAS, "uri": uri._URIS}
+
+
+@pytest.fixture
+def loop() -> Iterator[None]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_a_memo_is_bounded_and_keeps_the_texts_in_use() -> None:
+    memo: Memo[int] = Memo(4)
+    memo.put("kept", 0)
+    for i in range(100):
+        memo.put(f"t{i}", i)
+        assert memo.get("kept") == 0  # in use: moved back to the young generation
+        assert len(memo) <= 8
+    assert memo.get("t0") is None  # not asked for since: forgotten
+    assert memo.get("t99") == 99
+    memo.clear()
+    assert len(memo) == 0 and memo.get("kept") is None
+
+
+def test_the_same_text_gives_the_same_object_and_a_bad_one_an_error_each_time() -> None:
+    for memo in MEMOS.values():
+        memo.clear()
+    text = '"Alice" <sip:alice@192.0.2.1:5070;transport=udp>;tag=a1;expires=60'
+    first = parse_name_addr(text)
+    assert parse_name_addr(text) is first
+    assert parse_uri(first.uri) is parse_uri(first.uri)
+    via = "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;rport"
+    assert parse_via(via) is parse_via(via)
+    for _ in range(2):
+        with pytest.raises(ParseError):
+            parse_name_addr("<sip:alice@192.0.2.1", "From")
+        with pytest.raises(ParseError):
+            parse_via("SIP/2.0/UDP")
+    assert len(MEMOS["name-addr"]) == 1 and len(MEMOS["via"]) == 1
+
+
+@pytest.mark.parametrize("express", [True, False], ids=["express", "general"])
+def test_each_sender_gets_its_own_received_and_rport(loop: None, express: bool) -> None:
+    """The same Via text from two senders: each answer carries that sender's address
+    (§18.2.1, RFC 3581 §4), the second not the first's, whichever path answers."""
+    _two_senders(express)
+
+
+def _two_senders(express: bool) -> None:
+    box = RegisterBox(express)
+    via = "SIP/2.0/UDP phone.invalid:5070;branch=z9hG4bK-shared;rport"
+    for n, peer in enumerate([Peer("udp", "192.0.2.7", 5070), Peer("udp", "192.0.2.8", 5071)]):
+        data = ("REGISTER sip:example.com SIP/2.0\r\n"
+                f"Via: {via}\r\nMax-Forwards: 70\r\n"
+                f"From: <sip:1000@example.com>;tag=f{n}\r\nTo: <sip:1000@example.com>\r\n"
+                f"Call-ID: memo-{n}\r\nCSeq: 1 REGISTER\r\n"
+                "Contact: <sip:1000@192.0.2.7:5070>\r\nContent-Length: 0\r\n\r\n").encode()
+        [(to, answer)] = box.feed(data, peer)
+        assert to == peer
+        assert answer.startswith(b"SIP/2.0 401 ")
+        expected = f"Via: {via}={peer.port};received={peer.host}\r\n".encode()
+        assert expected in answer, answer.decode()
+    assert str(parse_via(via)) == via  # the shared Via is as parsed
+
+
+def _fields(value: object) -> tuple:
+    if isinstance(value, NameAddr):
+        parsed = value._parsed
+        return (value.display, value.uri, dict(value.params),
+                None if parsed is None else _fields(parsed))
+    if isinstance(value, Via):
+        return value.transport, value.host, value.port, dict(value.params)
+    assert isinstance(value, SipURI), value
+    return (value.scheme, value.user, value.password, value.host, value.port,
+            dict(value.params), value.headers)
+
+
+@pytest.mark.parametrize("express", [True, False], ids=["express", "general"])
+def test_after_calls_and_registrations_every_kept_value_is_as_parsed(
+        loop: None, express: bool) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from inprocess import Box as CallBox
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    for memo in MEMOS.values():
+        memo.clear()
+    box = CallBox(set() if express else {"express_invite"})
+    box.register_callee()
+    for i in range(1, 6):
+        box.call(i)  # asserts the call's answers: 407, 200, ...
+    _two_senders(express)
+    kept = {kind: memo.items() for kind, memo in MEMOS.items()}
+    assert all(kept.values()), {k: len(v) for k, v in kept.items()}
+    for memo in MEMOS.values():
+        memo.clear()
+    parsers = {"name-addr": parse_name_addr, "via": parse_via, "uri": parse_uri}
+    for kind, entries in kept.items():
+        for text, value in entries:
+            fresh = parsers[kind](text)
+            assert fresh is not value
+            if isinstance(fresh, NameAddr) and isinstance(value, NameAddr) and value._parsed:
+                fresh.parsed_uri  # noqa: B018 - parsed as the kept one was
+            assert _fields(value) == _fields(fresh), (kind, text)
+
+
+@pytest.mark.parametrize("transport, host, port", [
+    ("udp", "192.0.2.1", 5060), ("tcp", "::1", 5080), ("tls", "2001:db8::5", 5061),
+    ("udp", "127.0.0.1", 1)])
+def test_our_own_via_is_kept_as_its_text_parses(transport: str, host: str, port: int) -> None:
+    text = message.own_via(transport, host, port, "z9hG4bK-own")
+    kept = parse_via(text)
+    message._VIAS.clear()
+    fresh = parse_via(text)
+    assert kept is not fresh
+    assert _fields(kept) == _fields(fresh)
+    assert str(fresh) == text
