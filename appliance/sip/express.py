@@ -234,6 +234,8 @@ class InviteRequest:
 def read_invite(data: bytes) -> InviteRequest | None:
     """An INVITE datagram without credentials, outside any dialog, that the general
     path would accept and hand to the PBX; None: leave it to the general path."""
+    if b"\r\nProxy-Authorization:" in data or b"\r\nAuthorization:" in data:
+        return None  # credentials as phones spell them, found without reading the lines
     read = read_head(data, "INVITE", _INVITE)
     if read is None:
         return None
