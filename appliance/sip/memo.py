@@ -13,7 +13,9 @@ still equals a fresh parse of its text.
 The texts come from the network, so a memo is bounded: new texts go into a young
 generation; when it is full it becomes the old one (the previous old one is dropped)
 and a text found in the old generation moves back to the young one. A text in use is
-kept; one unused for `size` new texts is forgotten. At most 2 × `size` entries.
+kept; one unused for `size` new texts is forgotten. At most 2 × `size` entries: the
+name-addr memo (4,096) with the URIs its entries hold, the Via and the URI memos
+(2,048 each) took 10.5 MB together when filled with distinct texts (tracemalloc).
 """
 
 from __future__ import annotations

@@ -367,8 +367,8 @@ class NameAddr:
 
 # Values parsed by the fast paths, shared by the messages that carry the same text
 # (appliance/sip/memo.py): a NameAddr or Via is never changed once parsed.
-_NAME_ADDRS: Final[Memo[NameAddr]] = Memo(8192)
-_VIAS: Final[Memo[Via]] = Memo(4096)
+_NAME_ADDRS: Final[Memo[NameAddr]] = Memo(4096)
+_VIAS: Final[Memo[Via]] = Memo(2048)
 
 
 def parse_name_addr(value: str, where: str = "header") -> NameAddr:

@@ -248,7 +248,7 @@ def split_params(text: str) -> dict[str, str | None]:
 
 # SIP URIs parsed by the fast path, shared by the messages that carry the same text
 # (appliance/sip/memo.py): never change one, copy it (`SipURI.copy`).
-_URIS: Final[Memo[SipURI]] = Memo(4096)
+_URIS: Final[Memo[SipURI]] = Memo(2048)
 
 
 def parse_uri(text: str) -> URI:
