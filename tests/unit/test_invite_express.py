@@ -10,9 +10,7 @@ without carriers, with a trunk and a line at the phone's address, and as a SIP w
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -86,17 +84,6 @@ def _invite(lines: list[str], n: int) -> bytes:
     body = SDP if any(line.startswith(("Content-Type:", "c:")) for line in lines) else ""
     head = [line.replace("{n}", f"{n:08d}").replace("LEN", str(len(body))) for line in lines]
     return ("\r\n".join(head) + "\r\n\r\n" + body).encode()
-
-
-@pytest.fixture
-def loop() -> Iterator[None]:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def _boxes(worker: bool = False, **config: dict) -> tuple[Box, Box]:

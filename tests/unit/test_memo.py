@@ -9,9 +9,7 @@ of its text."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +24,6 @@ from .test_register_express import Box as RegisterBox
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MEMOS = {"name-addr": message._NAME_ADDRS, "via": message._VIAS, "uri": uri._URIS}
-
-
-@pytest.fixture
-def loop() -> Iterator[None]:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def test_a_memo_is_bounded_and_keeps_the_texts_in_use() -> None:
