@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Final
 
 from .endpoint import stamp_received
+from .memo import Memo
 from .message import (
     MAX_CSEQ,
     SINGLE_HEADERS,
@@ -32,14 +33,6 @@ from .transaction import Peer
 from .uri import SipURI, URIError, parse_uri
 
 
-def remember(cache: dict, text: str, value: object) -> None:
-    """Keep `value` for `text` in one of the express paths' caches, bounded (their keys
-    come from the network): a full cache starts again."""
-    if len(cache) >= 4096:
-        cache.clear()
-    cache[text] = value
-
-
 class HeaderTable:
     """What an express path reads, by a header's lowercase full name: a code > 0 keeps
     the value (a second line of it: the general path); 0 ignores it, as the path's
@@ -50,14 +43,14 @@ class HeaderTable:
     def __init__(self, codes: dict[str, int]) -> None:
         self.codes = codes
         self.count = max(codes.values()) + 1
-        self._names: dict[str, int] = {}  # a name as written → its code, -2: not a token
+        self._names: Memo[int] = Memo(2048)  # a name as written → its code, -2: not a token
 
     def code(self, name: str) -> int:
         code = self._names.get(name)
         if code is None:
             stripped = name.rstrip(" \t")
             code = self.codes.get(_key(stripped), 0) if _is_token(stripped) else -2
-            remember(self._names, name, code)
+            self._names.put(name, code)
         return code
 
 
@@ -126,8 +119,9 @@ def one_via(text: str) -> Via | None:
         return None
 
 
-# A Request-URI's verdict by its text (a box's phones all send the same one or two).
-_RURI_OK: Final[dict[str, bool]] = {}
+# A Request-URI's verdict by its text (a box's phones all send the same one or two;
+# bounded, appliance/sip/memo.py: texts come from the network).
+_RURI_OK: Final[Memo[bool]] = Memo(2048)
 
 
 def ruri_ok(text: str) -> bool:
@@ -135,7 +129,7 @@ def ruri_ok(text: str) -> bool:
     ok = _RURI_OK.get(text)
     if ok is None:
         ok = _ruri_ok(text)
-        remember(_RURI_OK, text, ok)
+        _RURI_OK.put(text, ok)
     return ok
 
 
@@ -150,7 +144,7 @@ def _ruri_ok(text: str) -> bool:
 
 
 # Contact values checked, by their text: a phone sends the same one every time.
-_CONTACT_SEEN: Final[dict[str, tuple[str, dict[str, str | None]]]] = {}
+_CONTACT_SEEN: Final[Memo[tuple[str, dict[str, str | None]]]] = Memo(2048)
 
 
 def one_contact(text: str) -> tuple[str, dict[str, str | None]]:
@@ -159,7 +153,7 @@ def one_contact(text: str) -> tuple[str, dict[str, str | None]]:
     found = _CONTACT_SEEN.get(text)
     if found is None:
         found = _contact(text)
-        remember(_CONTACT_SEEN, text, found)
+        _CONTACT_SEEN.put(text, found)
     return found
 
 

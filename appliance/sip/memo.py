@@ -3,7 +3,8 @@
 The same text arrives again and again: a phone's Contact in each of its requests, a
 dialog's From and To in every request and response of the call, the Via of a request
 the box sent in each response to it, the Request-URI a phone dials. `Memo` keeps what
-a parser made of a text, so that the next message carrying that exact text gets the
+a parser made of a text (or, for the express paths' readers, what their checks
+concluded), so that the next message carrying that exact text gets the
 same object without parsing it again. That is safe because the objects kept here
 (`SipURI`, `NameAddr`, `Via`) are never changed once parsed: code that needs another
 value builds a new object (`SipURI.copy`, `endpoint.stamp_received`), and

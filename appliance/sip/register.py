@@ -22,10 +22,10 @@ from .express import (
     one_contact,
     one_via,
     read_head,
-    remember,
     ruri_ok,
     scalar_ok,
 )
+from .memo import Memo
 from .message import SINGLE_HEADERS, ParseError, Via, parse_name_addr
 from .uri import SipURI, TelURI, URIError, parse_uri
 
@@ -113,7 +113,7 @@ def _checked(r: RegisterRequest, ruri: str) -> bool:
     to = _TO_SEEN.get(r.to)
     if to is None:
         to = _aor(r.to)
-        remember(_TO_SEEN, r.to, to)
+        _TO_SEEN.put(r.to, to)
     if not to[0]:
         return False
     r.aor = to[1]
@@ -133,8 +133,8 @@ def _checked(r: RegisterRequest, ruri: str) -> bool:
 
 
 # To values checked, by their text: a phone sends the same one in every refresh (the To
-# of a REGISTER has no tag). Bounded: values come from the network.
-_TO_SEEN: Final[dict[str, tuple[bool, str | None]]] = {}
+# of a REGISTER has no tag). Bounded (appliance/sip/memo.py): values come from the network.
+_TO_SEEN: Final[Memo[tuple[bool, str | None]]] = Memo(2048)
 
 
 def _aor(to: str) -> tuple[bool, str | None]:
