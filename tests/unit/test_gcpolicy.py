@@ -1,5 +1,6 @@
-"""The collector policy: gen0 only automatically, full collections when idle or after ten
-minutes of load, and the hot paths leave no cyclic garbage for the full one to find."""
+"""The collector policy: gen0 only automatically, and under SIP load not even that (what
+is new is frozen once a second); full collections when idle or after ten minutes of
+load; and the hot paths leave no cyclic garbage for the full one to find."""
 
 import asyncio
 import gc
@@ -11,6 +12,8 @@ from appliance import gcpolicy
 def test_full_collection_when_idle_or_after_ten_minutes(monkeypatch):
     runs = []
     monkeypatch.setattr(gc, "collect", lambda *a: runs.append(a) or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    monkeypatch.setattr(gc, "unfreeze", lambda: None)
     clock = [0.0]
     full = gcpolicy.FullCollections(clock=lambda: clock[0])
     received = 0
@@ -35,6 +38,8 @@ def test_idle_collection_waits_for_the_transactions_to_end(monkeypatch):
     on (32 s): a full collection would walk them all while traffic may resume."""
     runs = []
     monkeypatch.setattr(gc, "collect", lambda *a: runs.append(a) or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    monkeypatch.setattr(gc, "unfreeze", lambda: None)
     clock = [gcpolicy.IDLE_EVERY]
     full = gcpolicy.FullCollections(clock=lambda: clock[0])
     clock[0] += gcpolicy.IDLE_EVERY
@@ -46,36 +51,105 @@ def test_idle_collection_waits_for_the_transactions_to_end(monkeypatch):
     assert full.tick(100, gcpolicy.DRAINED) and runs == [()]
 
 
-def test_start_freezes_and_sets_thresholds(monkeypatch):
+def test_start_freezes_and_sets_thresholds():
     old = gc.get_threshold()
     try:
         gcpolicy.start()
-        assert gc.get_threshold() == gcpolicy.THRESHOLDS
+        assert gc.get_threshold() == gcpolicy.THRESHOLDS and gc.isenabled()
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
         gc.set_threshold(*old)
 
 
-def test_only_gen0_is_collected_automatically():
-    """Survivors of gen0 are not walked again before a full collection."""
-    old = gc.get_threshold()
-    seen: list[int] = []
+class _Generations:
+    """The generations the collector starts on, seen through gc.callbacks."""
 
-    def callback(phase: str, info: dict) -> None:
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
-            seen.append(info["generation"])
+            self.seen.append(info["generation"])
 
-    try:
+    def __enter__(self) -> "_Generations":
+        self._old = gc.get_threshold()
         gcpolicy.start()
-        gc.callbacks.append(callback)
-        kept = [[] for _ in range(50 * gcpolicy.THRESHOLDS[0])]  # fifty gen0 collections' worth
-        assert kept and seen and set(seen) == {0}
-    finally:
-        if callback in gc.callbacks:
-            gc.callbacks.remove(callback)
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
         gc.unfreeze()
-        gc.set_threshold(*old)
+        gc.enable()
+        gc.set_threshold(*self._old)
+
+
+def test_light_load_collects_gen0_only():
+    """Below BUSY_RATE young cycles are found quickly; survivors of gen0 are not walked
+    again before a full collection."""
+    with _Generations() as generations:
+        full = gcpolicy.FullCollections(clock=lambda: 0.0)
+        for received in (0, 10, gcpolicy.BUSY_RATE - 1 + 10):
+            assert not full.tick(received)
+            assert gc.isenabled()
+        kept = [[] for _ in range(50 * gcpolicy.THRESHOLDS[0])]  # fifty gen0 collections' worth
+        assert kept and generations.seen and set(generations.seen) == {0}
+
+
+def test_under_load_nothing_young_is_walked():
+    """From BUSY_RATE messages a second, what a load makes is never walked by a
+    collection before a full one: each tick freezes it. When the load drops, gen0
+    collections resume."""
+    with _Generations() as generations:
+        full = gcpolicy.FullCollections(clock=lambda: 0.0)
+        received = 0
+        assert not full.tick(received)
+        kept = []
+        for _ in range(5):
+            received += gcpolicy.BUSY_RATE
+            assert not full.tick(received)
+            assert not gc.isenabled()
+            frozen = gc.get_freeze_count()
+            kept.append([[] for _ in range(20_000)])   # a second's worth of a busy box
+            assert gc.get_freeze_count() == frozen
+        assert generations.seen == []
+        frozen = gc.get_freeze_count()
+        received += gcpolicy.BUSY_RATE
+        assert not full.tick(received)
+        assert gc.get_freeze_count() >= frozen + 20_000 and gc.get_count()[0] < 5
+        received += gcpolicy.BUSY_RATE - 1
+        assert not full.tick(received)
+        assert gc.isenabled()
+        kept.append([[] for _ in range(5 * gcpolicy.THRESHOLDS[0])])
+        assert set(generations.seen) == {0}
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_cycles_frozen_under_load_are_found_by_the_full_collection():
+    """A cycle that became garbage under load has been frozen by a tick; the full
+    collection must look at the frozen objects too (gc.collect alone does not)."""
+    import weakref
+
+    clock = [0.0]
+    with _Generations():
+        full = gcpolicy.FullCollections(clock=lambda: clock[0])
+        assert not full.tick(0)
+        node = _Node()
+        gone = weakref.ref(node)
+        del node
+        clock[0] += 1.0
+        assert not full.tick(gcpolicy.BUSY_RATE)   # busy: frozen, not collected
+        assert gone() is not None
+        gc.collect()
+        assert gone() is not None                  # what a plain collection leaves
+        clock[0] += gcpolicy.IDLE_EVERY
+        assert full.tick(gcpolicy.BUSY_RATE)       # idle: the full collection
+        assert gone() is None
 
 
 def test_registrations_leave_no_cyclic_garbage():
@@ -105,6 +179,46 @@ def test_registrations_leave_no_cyclic_garbage():
         asyncio.set_event_loop(None)
         loop.close()
     assert boxes[0].served == 400 and boxes[1].served == 0
+
+
+def test_refused_datagrams_leave_no_cyclic_garbage():
+    """What anyone can send: RFC 4475's torture messages (malformed, unknown schemes,
+    unsupported extensions, bad URIs), a wrong password and a broken datagram, through
+    both paths. Under load their cycles, if any, would wait for a full collection."""
+    from pathlib import Path
+
+    from appliance.sip.transaction import Peer
+    from tests.unit.test_register_express import PASSWORDS, PHONES, Box, _datagram, authorization
+
+    torture = sorted((Path(__file__).parent.parent / "data" / "rfc4475").glob("*.dat"))
+    assert len(torture) == 50
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    gc.collect()
+    gc.disable()
+    try:
+        for express in (True, False):
+            for hook in ("express_register", "express_invite"):
+                box = Box(express=express, hook=hook)
+                answered = 0
+                for round_ in range(3):
+                    if round_ == 1:
+                        gc.collect()   # what the first round imported on first use
+                    for i, path in enumerate(torture):
+                        peer = Peer("udp", "192.0.2.7", 5000 + i)
+                        answered += bool(box.feed(path.read_bytes(), peer))
+                    wrong = authorization(box, "1000", PASSWORDS["1000"] + "x")
+                    answer = box.feed(_datagram(PHONES[0], 10 + round_, wrong))
+                    assert answer[0][1].startswith(b"SIP/2.0 401")
+                    box.feed(b"INVITE sip:1000@example.com SIP/2.0\r\nVia: \xff\r\n\r\n")
+                assert answered > 90
+                box.endpoint.layer.handle_timer(box.endpoint.now + 100.0)
+                box.endpoint.pump()
+                assert gc.collect() == 0, ("cyclic garbage from refused datagrams", express, hook)
+    finally:
+        gc.enable()
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
