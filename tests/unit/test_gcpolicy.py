@@ -3,8 +3,10 @@ is new is frozen once a second); full collections when idle or after ten minutes
 load; and the hot paths leave no cyclic garbage for the full one to find."""
 
 import asyncio
+import contextlib
 import gc
 from collections import Counter
+from collections.abc import Iterator
 
 from appliance import gcpolicy
 
@@ -152,17 +154,29 @@ def test_cycles_frozen_under_load_are_found_by_the_full_collection():
         assert gone() is None
 
 
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    """An event loop for the boxes, and no automatic collection: gc.collect() then
+    counts the cyclic garbage of what ran, no more."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
 def test_registrations_leave_no_cyclic_garbage():
     """The policy leaves cycles among older objects to the full collection: the
     registrar's two paths must make none (a challenge, a registration, a refresh)."""
     from tests.unit.test_register_express import PASSWORDS, PHONES, Box, _datagram, authorization
 
     boxes = []
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    gc.collect()
-    gc.disable()
-    try:
+    with _collector_off():
         for express in (True, False):
             box = Box(express=express)
             boxes.append(box)
@@ -174,10 +188,6 @@ def test_registrations_leave_no_cyclic_garbage():
                 assert answer[0][1].startswith(b"SIP/2.0 200 OK")
             box.endpoint.layer.handle_timer(box.endpoint.now + 100.0)  # Timer J ends them
             assert gc.collect() == 0, "cyclic garbage from the registrar"
-    finally:
-        gc.enable()
-        asyncio.set_event_loop(None)
-        loop.close()
     assert boxes[0].served == 400 and boxes[1].served == 0
 
 
@@ -192,11 +202,7 @@ def test_refused_datagrams_leave_no_cyclic_garbage():
 
     torture = sorted((Path(__file__).parent.parent / "data" / "rfc4475").glob("*.dat"))
     assert len(torture) == 50
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    gc.collect()
-    gc.disable()
-    try:
+    with _collector_off():
         for express in (True, False):
             for hook in ("express_register", "express_invite"):
                 box = Box(express=express, hook=hook)
@@ -215,10 +221,6 @@ def test_refused_datagrams_leave_no_cyclic_garbage():
                 box.endpoint.layer.handle_timer(box.endpoint.now + 100.0)
                 box.endpoint.pump()
                 assert gc.collect() == 0, ("cyclic garbage from refused datagrams", express, hook)
-    finally:
-        gc.enable()
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
