@@ -4,7 +4,7 @@ A SIP server under load breaks the collector's premise that most objects die you
 call's objects live for its whole length (seconds) and its transactions 64*T1 (32 s)
 longer. A young collection walks every object made since the last one that still
 lives, so under load it walks nearly everything a call makes once, finds nothing, and
-took ~6% of the daemon's CPU at 1,000 calls/s (BENCH_GC_REPORT of
+took 4–6% of the daemon's CPU at 1,000 calls/s and 8% at 1,200 (BENCH_GC_REPORT of
 bench/appliance_md5_first.py, docs/performance.md). The hot paths free their objects by
 reference counting: a call, a registration and a refused datagram leave no cyclic
 garbage (tests/unit/test_gcpolicy.py). So `tick`, once a second:
