@@ -80,7 +80,9 @@ def test_wrong_password_and_unknown_user_look_alike(daemon, transport, tmp_path)
     assert a.status == b.status == 401
     # Only the user part (and per-request values) may differ: no extension enumeration.
     mask = rawsip.mask_volatile
-    assert mask(a.text()).replace("100", "USER") == mask(b.text()).replace("999", "USER")
+    # Only the URIs' user part is masked: the daemon's port may itself contain "100".
+    assert (mask(a.text()).replace("sip:100@", "sip:USER@")
+            == mask(b.text()).replace("sip:999@", "sip:USER@"))
 
 
 def test_interval_too_brief_gets_423_with_min_expires(daemon) -> None:
