@@ -369,6 +369,11 @@ class NameAddr:
 # (appliance/sip/memo.py): a NameAddr or Via is never changed once parsed.
 _NAME_ADDRS: Final[Memo[NameAddr]] = Memo(4096)
 _VIAS: Final[Memo[Via]] = Memo(2048)
+# Vias by shape: the text with its branch's value cut out (`_cut_branch`). A phone's
+# requests carry the same Via but for the branch, new in each transaction (§8.1.1.7),
+# so after its first request a Via is its shape's parse with the new branch, once that
+# is checked to be a token as the fast path would check it.
+_VIA_SHAPES: Final[Memo[Via]] = Memo(2048)
 
 
 def parse_name_addr(value: str, where: str = "header") -> NameAddr:
@@ -462,15 +467,42 @@ def parse_via(value: str) -> Via:
     known = _VIAS.get(value)
     if known is not None:
         return known
-    m = _FAST_VIA_RE.fullmatch(value)
-    if m is not None:
-        transport, host, port, params = m.groups()
-        if port is None or int(port) <= 65535:
-            via = Via(transport.upper(), host, int(port) if port else None,
-                      split_params(params) if params else {})
+    cut = _cut_branch(value)
+    if cut is not None:
+        shape = _VIA_SHAPES.get(cut[0])
+        if shape is not None and _is_token(cut[1]):
+            params = dict(shape.params)
+            params["branch"] = cut[1]
+            via = Via(shape.transport, shape.host, shape.port, params)
             _VIAS.put(value, via)
             return via
+    m = _FAST_VIA_RE.fullmatch(value)
+    if m is not None:
+        transport, host, port, params_text = m.groups()
+        if port is None or int(port) <= 65535:
+            via = Via(transport.upper(), host, int(port) if port else None,
+                      split_params(params_text) if params_text else {})
+            _VIAS.put(value, via)
+            if cut is not None and value.lower().count(";branch=") == 1:
+                _VIA_SHAPES.put(cut[0], via)
+            return via
     return _parse_via(value)
+
+
+def _cut_branch(value: str) -> tuple[str, str] | None:
+    """(`value` without its branch's value, that value): the text up to the first
+    ";branch=" and from the ";" after it. A value the fast path matched whose shape
+    has one branch parameter (any case) gives the same shape only with the same text
+    around the branch: the shape's parse then differs from a fresh one only in the
+    branch, provided the new value is a token (no ';' to move the cut)."""
+    start = value.find(";branch=")
+    if start < 0:
+        return None
+    start += 8
+    end = value.find(";", start)
+    if end < 0:
+        return value[:start], value[start:]
+    return value[:start] + value[end:], value[start:end]
 
 
 def own_via(transport: str, host: str, port: int, branch: str) -> str:
