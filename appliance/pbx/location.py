@@ -37,6 +37,19 @@ class Binding:
     path: list[str] = field(default_factory=list)  # RFC 3327 Path, used as Route
     user_agent: str = ""
 
+    # Written out, not generated: compiled, the dataclass's own __init__ (made at run
+    # time) would be interpreted, for every REGISTER.
+    def __init__(self, contact: str, expires_at: float, call_id: str, cseq: int, peer: Peer,
+                 q: float = 1.0, path: list[str] | None = None, user_agent: str = "") -> None:
+        self.contact = contact
+        self.expires_at = expires_at
+        self.call_id = call_id
+        self.cseq = cseq
+        self.peer = peer
+        self.q = q
+        self.path = [] if path is None else path
+        self.user_agent = user_agent
+
     def expires_in(self, now: float) -> int:
         return max(0, int(round(self.expires_at - now)))
 
@@ -95,7 +108,8 @@ class Location:
         found = self._bindings.setdefault(aor, {})
         old = found.get(binding.contact)
         found[binding.contact] = binding
-        if (old is not None and old.peer == binding.peer and old.q == binding.q
+        if (old is not None and (old.peer is binding.peer or old.peer == binding.peer)
+                and old.q == binding.q
                 and old.path == binding.path and old.user_agent == binding.user_agent):
             self.refreshed = True  # a refresh: only expiry, Call-ID and CSeq moved
             kind = "ref"

@@ -176,6 +176,13 @@ class RequestReceived:
     request: Request
     source: Peer
 
+    # Written out, not generated: compiled, a dataclass's own __init__ (made at run
+    # time) is interpreted, and one of these is made for every message.
+    def __init__(self, txn: ServerTransaction | None, request: Request, source: Peer) -> None:
+        self.txn = txn
+        self.request = request
+        self.source = source
+
 
 @dataclass(slots=True)
 class ResponseReceived:
@@ -184,6 +191,11 @@ class ResponseReceived:
     txn: ClientTransaction | None
     response: Response
     source: Peer
+
+    def __init__(self, txn: ClientTransaction | None, response: Response, source: Peer) -> None:
+        self.txn = txn  # written out, as RequestReceived's
+        self.response = response
+        self.source = source
 
 
 @dataclass(slots=True)
