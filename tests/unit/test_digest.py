@@ -506,8 +506,8 @@ def test_server_rejects_unsupported_algorithm():
 
 
 def test_fast_param_parser_agrees_with_the_general_one():
-    """The one-regex path for what phones send gives what the general parser gives, or
-    steps aside: checked over typical headers and one-character mutations of them."""
+    """The fast path for what phones send gives what the general parser gives, or steps
+    aside: checked over typical headers and one-character mutations of them."""
     server = make_server()
     samples = [c.to_header() for c in server.challenges(T0)]
     samples += [login(server, alg=a).to_header() for a in ("SHA-256", "MD5")]
@@ -538,5 +538,5 @@ def test_fast_param_parser_agrees_with_the_general_one():
                 got = DigestError
             assert got == expected, value
             checked += 1
-            fast += digest._FAST_RE.fullmatch(value) is not None
+            fast += value.startswith("Digest ") and digest._split_fast(value) is not None
     assert checked > 10_000 and fast > 1_000
