@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .endpoint import stamp_received
+from .endpoint import stamp_received, stamped_text
 from .memo import Memo
 from .message import (
     MAX_CSEQ,
@@ -174,7 +174,7 @@ def response_head(status_line: str, via_text: str, via: Via, source: Peer, from_
     and CSeq, as make_response copies them."""
     stamped = stamp_received(via, source)
     if stamped is not None:
-        via_text = str(stamped)
+        via_text = stamped_text(via, stamped, source)
     return (f"{status_line}\r\nVia: {via_text}\r\nFrom: {from_}\r\nTo: {to};tag={tag}"
             f"\r\nCall-ID: {call_id}\r\nCSeq: {cseq}")
 

@@ -438,7 +438,7 @@ def _parse_name_addr(value: str, where: str) -> NameAddr:
 class Via:
     """One Via value (§20.42): `SIP/2.0/UDP host:port;branch=...;received=...`."""
 
-    __slots__ = ("transport", "host", "port", "params")
+    __slots__ = ("transport", "host", "port", "params", "text")
 
     def __init__(self, transport: str, host: str, port: int | None = None,
                  params: dict[str, str | None] | None = None) -> None:
@@ -446,6 +446,9 @@ class Via:
         self.host = host
         self.port = port
         self.params = params if params is not None else {}
+        # The text parse_via's fast path read this from, when that is exactly how it
+        # prints (str(self)): its parameter values are tokens. None: not known.
+        self.text: str | None = None
 
     @property
     def branch(self) -> str | None:
@@ -474,6 +477,8 @@ def parse_via(value: str) -> Via:
             params = dict(shape.params)
             params["branch"] = cut[1]
             via = Via(shape.transport, shape.host, shape.port, params)
+            if shape.text is not None:
+                via.text = value  # the same text around a token
             _VIAS.put(value, via)
             return via
     m = _FAST_VIA_RE.fullmatch(value)
@@ -482,6 +487,8 @@ def parse_via(value: str) -> Via:
         if port is None or int(port) <= 65535:
             via = Via(transport.upper(), host, int(port) if port else None,
                       split_params(params_text) if params_text else {})
+            if str(via) == value:
+                via.text = value
             _VIAS.put(value, via)
             if cut is not None and value.lower().count(";branch=") == 1:
                 _VIA_SHAPES.put(cut[0], via)

@@ -178,3 +178,39 @@ def test_a_via_that_differs_only_in_its_branch_parses_as_a_fresh_one(shape: str)
     message._VIA_SHAPES.clear()
     _parsed_or_error(shape)
     assert len(message._VIA_SHAPES) == (1 if shape in VIA_SHAPES[:3] else 0)
+
+
+@pytest.mark.parametrize("text", [
+    "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;rport",
+    "SIP/2.0/UDP 192.0.2.1:5070;rport;branch=z9hG4bK-1",
+    "SIP/2.0/UDP 192.0.2.1:5070;rport;branch=z9hG4bK-1;x-rport;rportx",
+    "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;rportx;rport",
+    "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;rport=7",
+    "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;received=198.51.100.1;rport",
+    "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-1",
+    "SIP/2.0/udp phone.invalid:5070;Branch=z9hG4bK-1;RPORT",
+    "SIP/2.0/UDP 192.0.2.1:05070;branch=z9hG4bK-1;rport",
+    "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;rport;rport",
+    "SIP/2.0/TCP [2001:db8::5]:5061;branch=z9hG4bK-1;rport",
+    "SIP/2.0/UDP 192.0.2.1:5070 ; branch=z9hG4bK-1 ; rport",
+])
+@pytest.mark.parametrize("peer", [Peer("udp", "192.0.2.1", 5070), Peer("udp", "192.0.2.9", 6000),
+                                  Peer("tcp", "2001:db8::5", 5061)])
+def test_a_stamped_via_is_written_as_it_prints(text: str, peer: Peer) -> None:
+    """The text of a Via stamped with received/rport (§18.2.1, RFC 3581 §4), edited from
+    the text it was read from where that prints the same, is what formatting the stamped
+    Via gives, with its branch from a shape or not."""
+    from appliance.sip.endpoint import stamp_received, stamped_text
+    for again in (text, text.replace("z9hG4bK-1", "z9hG4bK-2")):
+        via = parse_via(again)
+        stamped = stamp_received(via, peer)
+        if stamped is not None:
+            assert stamped_text(via, stamped, peer) == str(stamped), (again, peer)
+    assert parse_via(text).text == (text if text in (
+        "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;rport",
+        "SIP/2.0/UDP 192.0.2.1:5070;rport;branch=z9hG4bK-1",
+        "SIP/2.0/UDP 192.0.2.1:5070;rport;branch=z9hG4bK-1;x-rport;rportx",
+        "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;rportx;rport",
+        "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;rport=7",
+        "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;received=198.51.100.1;rport",
+        "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-1") else None)
