@@ -68,22 +68,26 @@ def read_head(data: bytes, method: str,
     except UnicodeDecodeError:
         return None
     lines = text.split("\r\n")
-    breaks = len(lines) - 1
-    if text.count("\r") != breaks or text.count("\n") != breaks:
+    rest = "".join(lines)  # a CR or LF left is a bare one
+    if "\r" in rest or "\n" in rest:
         return None
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[0] != method or parts[2] != "SIP/2.0":
+    first = lines[0]  # method SP Request-URI SP SIP-Version, single spaces
+    start = len(method) + 1
+    if (len(first) < start + 8 or not first.startswith(method)
+            or first[start - 1] != " " or not first.endswith(" SIP/2.0")):
+        return None
+    ruri = first[start:-8]
+    if " " in ruri:
         return None
     values: list[str | None] = [None] * table.count
-    code_of = table.code
-    for i in range(1, breaks + 1):
+    for i in range(1, len(lines)):
         line = lines[i]
-        if not line or line[0] == " " or line[0] == "\t":
-            return None  # folded (§7.3.1)
+        if line[0] == " " or line[0] == "\t":
+            return None  # folded (§7.3.1); no line is empty before CRLFCRLF
         colon = line.find(":")
         if colon <= 0:
             return None
-        code = code_of(line[:colon])
+        code = table.code(line[:colon])
         if code <= 0:
             if code == 0:
                 continue
@@ -91,7 +95,7 @@ def read_head(data: bytes, method: str,
         if values[code] is not None:
             return None  # a second Via, Contact... or a repeated single one
         values[code] = line[colon + 1 :].strip(" \t")
-    return parts[1], values, len(data) - end - 4
+    return ruri, values, len(data) - end - 4
 
 
 def scalar_ok(value: str | None, limit: int) -> bool:
