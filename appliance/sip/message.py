@@ -100,6 +100,12 @@ def _is_token(text: str) -> bool:
     return _TOKEN_RE.fullmatch(text) is not None
 
 
+def _is_token_quick(text: str) -> bool:
+    """_is_token, answered by string methods for letters, digits and '-' (what branches
+    and tags are made of) at a quarter of the regular expression's cost."""
+    return (text.isascii() and text.replace("-", "").isalnum()) or _is_token(text)
+
+
 # Fast paths for the shapes nearly every phone sends: one linear regular expression
 # (single character classes, no nested quantifiers) recognises a value whose parse is
 # unambiguous; anything else (quotes, spaces, IPv6, escapes) goes through the general
@@ -368,8 +374,12 @@ class NameAddr:
 # Values parsed by the fast paths, shared by the messages that carry the same text
 # (appliance/sip/memo.py): a NameAddr or Via is never changed once parsed.
 _NAME_ADDRS: Final[Memo[NameAddr]] = Memo(4096)
+# Name-addrs by shape: the text with its tag's value cut out (`_cut_tag`). A phone's
+# From is the same in each new request but for the tag (§8.1.1.3), as a Via is but for
+# the branch (below).
+_NAME_ADDR_SHAPES: Final[Memo[NameAddr]] = Memo(2048)
 _VIAS: Final[Memo[Via]] = Memo(2048)
-# Vias by shape: the text with its branch's value cut out (`_cut_branch`). A phone's
+# Vias by shape: the text with its branch's value cut out (`_cut_param`). A phone's
 # requests carry the same Via but for the branch, new in each transaction (§8.1.1.7),
 # so after its first request a Via is its shape's parse with the new branch, once that
 # is checked to be a token as the fast path would check it.
@@ -381,11 +391,24 @@ def parse_name_addr(value: str, where: str = "header") -> NameAddr:
     known = _NAME_ADDRS.get(value)
     if known is not None:
         return known
+    cut = _cut_param(value, ";tag=", value.rfind(">") + 1)
+    if cut is not None:
+        shape = _NAME_ADDR_SHAPES.get(cut[0])
+        if shape is not None and _is_token_quick(cut[1]):
+            params = dict(shape.params)
+            params["tag"] = cut[1]
+            parsed = NameAddr(shape.uri, shape.display, params)
+            parsed._parsed = shape._parsed  # the same URI text
+            _NAME_ADDRS.put(value, parsed)
+            return parsed
     m = _FAST_NAME_ADDR_RE.fullmatch(value)
     if m is not None:
-        display, uri, params = m.groups()
-        parsed = NameAddr(uri, display, split_params(params) if params else {})
+        display, uri, params_text = m.groups()
+        parsed = NameAddr(uri, display, split_params(params_text) if params_text else {})
         _NAME_ADDRS.put(value, parsed)
+        # The URI holds no '>': the last one closes it, and its parameters follow.
+        if cut is not None and value[value.rfind(">"):].lower().count(";tag=") == 1:
+            _NAME_ADDR_SHAPES.put(cut[0], parsed)
         return parsed
     return _parse_name_addr(value, where)
 
@@ -470,10 +493,10 @@ def parse_via(value: str) -> Via:
     known = _VIAS.get(value)
     if known is not None:
         return known
-    cut = _cut_branch(value)
+    cut = _cut_param(value, ";branch=")
     if cut is not None:
         shape = _VIA_SHAPES.get(cut[0])
-        if shape is not None and _is_token(cut[1]):
+        if shape is not None and _is_token_quick(cut[1]):
             params = dict(shape.params)
             params["branch"] = cut[1]
             via = Via(shape.transport, shape.host, shape.port, params)
@@ -496,16 +519,17 @@ def parse_via(value: str) -> Via:
     return _parse_via(value)
 
 
-def _cut_branch(value: str) -> tuple[str, str] | None:
-    """(`value` without its branch's value, that value): the text up to the first
-    ";branch=" and from the ";" after it. A value the fast path matched whose shape
-    has one branch parameter (any case) gives the same shape only with the same text
-    around the branch: the shape's parse then differs from a fresh one only in the
-    branch, provided the new value is a token (no ';' to move the cut)."""
-    start = value.find(";branch=")
+def _cut_param(value: str, marker: str, since: int = 0) -> tuple[str, str] | None:
+    """(`value` without the value of the first parameter `marker` (";branch=") at or
+    after `since`, that value): the text up to the marker and from the ";" after it. A
+    value the fast path matched whose shape has one such parameter (any case) gives
+    the same shape only with the same text around that value: the shape's parse then
+    differs from a fresh one only in that parameter, provided the new value is a token
+    (no ';' to move the cut, no '>' to move a name-addr's `since`)."""
+    start = value.find(marker, since)
     if start < 0:
         return None
-    start += 8
+    start += len(marker)
     end = value.find(";", start)
     if end < 0:
         return value[:start], value[start:]

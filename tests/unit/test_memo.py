@@ -109,10 +109,12 @@ def test_after_calls_and_registrations_every_kept_value_is_as_parsed(
     _two_senders(express)
     kept = {kind: memo.items() for kind, memo in MEMOS.items()}
     assert all(kept.values()), {k: len(v) for k, v in kept.items()}
-    assert len(message._VIA_SHAPES) > 0  # the requests' Vias came by their shape
+    # the requests' Vias and Froms came by their shape
+    assert len(message._VIA_SHAPES) > 0 and len(message._NAME_ADDR_SHAPES) > 0
     for memo in MEMOS.values():
         memo.clear()
     message._VIA_SHAPES.clear()
+    message._NAME_ADDR_SHAPES.clear()
     parsers = {"name-addr": parse_name_addr, "via": parse_via, "uri": parse_uri}
     for kind, entries in kept.items():
         for text, value in entries:
@@ -214,3 +216,68 @@ def test_a_stamped_via_is_written_as_it_prints(text: str, peer: Peer) -> None:
         "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;rport=7",
         "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1;received=198.51.100.1;rport",
         "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-1") else None)
+
+
+def _name_addr_or_error(text: str) -> tuple | str:
+    try:
+        value = parse_name_addr(text, "From")
+        value.parsed_uri  # noqa: B018 - a kept one may hold its URI's parse
+        return _fields(value)
+    except ParseError as e:
+        return f"ParseError: {e}"
+
+
+NAME_ADDR_SHAPES = [
+    "<sip:100@192.0.2.1>;tag=a-1",
+    '"Alice" <sip:alice@example.com;transport=udp>;x=1;tag=a-1;y',
+    '"a>b;tag=c" <sip:a@example.com>;tag=a-1',
+    "<sip:a@example.com;tag=u>;tag=a-1",
+    "<sip:100@192.0.2.1>;tag=a-1;Tag=2",
+    "<sip:100@192.0.2.1>;tag=a-1;tag=a-1",
+    "sip:100@192.0.2.1;tag=a-1",
+    "<sip:100@192.0.2.1> ;tag=a-1",
+]
+NEW_TAGS = ["b-2", "x", "b 2", 'b"2', "", "b=2", "b,2", "b>2", "b\u00e9", "a-1"]
+
+
+@pytest.mark.parametrize("shape", NAME_ADDR_SHAPES)
+def test_a_name_addr_that_differs_only_in_its_tag_parses_as_a_fresh_one(shape: str) -> None:
+    """The From of a phone's next request, its tag new (§8.1.1.3): after a name-addr of
+    the same shape it gives what a fresh parse gives, or the same error, for tags that
+    are not tokens (a space, a quote, '=', ',', '>', a non-ASCII letter, empty), a tag
+    parameter in the URI or in a quoted display name, a second tag in any case, and
+    shapes the fast path does not read."""
+    for tag in NEW_TAGS:
+        text = shape.replace(";tag=a-1", ";tag=" + tag, 1) if shape.count(";tag=a-1") == 1 \
+            else shape[::-1].replace(";tag=a-1"[::-1], (";tag=" + tag)[::-1], 1)[::-1]
+        fresh = []
+        for primed in (False, True):
+            message._NAME_ADDRS.clear()
+            message._NAME_ADDR_SHAPES.clear()
+            if primed:
+                _name_addr_or_error(shape)
+            fresh.append(_name_addr_or_error(text))
+        assert fresh[0] == fresh[1], (shape, tag)
+    message._NAME_ADDRS.clear()
+    message._NAME_ADDR_SHAPES.clear()
+    _name_addr_or_error(shape)
+    assert len(message._NAME_ADDR_SHAPES) == (1 if shape in NAME_ADDR_SHAPES[:4] else 0)
+
+
+@pytest.mark.parametrize("shape, other", [
+    ("<sip:a@example.com;tag=u>;tag=a-1", "<sip:a@example.com;tag=v>;tag=a-1"),
+    ('"a>b;tag=c" <sip:a@example.com>;tag=a-1', '"a>b;tag=d" <sip:a@example.com>;tag=a-1'),
+    ('"a;tag=c" <sip:a@example.com>;tag=a-1', '"a;tag=d" <sip:a@example.com>;tag=a-1'),
+    ("<sip:a@example.com;tag=u;x=1>;tag=a-1", "<sip:a@example.com;tag=v;x=1>;tag=a-1"),
+    ('"a;tag=c;b" <sip:a@example.com>;tag=a-1', '"a;tag=d;b" <sip:a@example.com>;tag=a-1'),
+])
+def test_only_the_header_tag_is_cut_from_a_name_addr(shape: str, other: str) -> None:
+    """A tag parameter of the URI, or ';tag=' in the display name, is not the header's
+    tag: a name-addr that differs there is not of the same shape."""
+    message._NAME_ADDRS.clear()
+    message._NAME_ADDR_SHAPES.clear()
+    _name_addr_or_error(shape)
+    primed = _name_addr_or_error(other)
+    message._NAME_ADDRS.clear()
+    message._NAME_ADDR_SHAPES.clear()
+    assert primed == _name_addr_or_error(other)
