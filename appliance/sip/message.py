@@ -102,7 +102,8 @@ def _is_token(text: str) -> bool:
 
 def _is_token_quick(text: str) -> bool:
     """_is_token, answered by string methods for letters, digits and '-' (what branches
-    and tags are made of) at a quarter of the regular expression's cost."""
+    and tags are made of) at half the regular expression's cost (148 against 301 ns for
+    a SIPp branch)."""
     return (text.isascii() and text.replace("-", "").isalnum()) or _is_token(text)
 
 
@@ -374,7 +375,7 @@ class NameAddr:
 # Values parsed by the fast paths, shared by the messages that carry the same text
 # (appliance/sip/memo.py): a NameAddr or Via is never changed once parsed.
 _NAME_ADDRS: Final[Memo[NameAddr]] = Memo(4096)
-# Name-addrs by shape: the text with its tag's value cut out (`_cut_tag`). A phone's
+# Name-addrs by shape: the text with its tag's value cut out (`_cut_param`). A phone's
 # From is the same in each new request but for the tag (§8.1.1.3), as a Via is but for
 # the branch (below).
 _NAME_ADDR_SHAPES: Final[Memo[NameAddr]] = Memo(2048)
