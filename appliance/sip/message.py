@@ -392,7 +392,9 @@ def parse_name_addr(value: str, where: str = "header") -> NameAddr:
     known = _NAME_ADDRS.get(value)
     if known is not None:
         return known
-    cut = _cut_param(value, ";tag=", value.rfind(">") + 1)
+    # The URI holds no '>': the last one closes it, and its parameters follow.
+    gt = value.rfind(">")
+    cut = _cut_param(value, ";tag=", gt + 1)
     if cut is not None:
         shape = _NAME_ADDR_SHAPES.get(cut[0])
         if shape is not None and _is_token_quick(cut[1]):
@@ -407,8 +409,7 @@ def parse_name_addr(value: str, where: str = "header") -> NameAddr:
         display, uri, params_text = m.groups()
         parsed = NameAddr(uri, display, split_params(params_text) if params_text else {})
         _NAME_ADDRS.put(value, parsed)
-        # The URI holds no '>': the last one closes it, and its parameters follow.
-        if cut is not None and value[value.rfind(">"):].lower().count(";tag=") == 1:
+        if cut is not None and value[gt:].lower().count(";tag=") == 1:
             _NAME_ADDR_SHAPES.put(cut[0], parsed)
         return parsed
     return _parse_name_addr(value, where)
