@@ -92,6 +92,12 @@ REASONS: Final = {
     604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
 
+# The methods a box hears (RFC 3261, 3262, 3265, 3311, 3428, 3515, 2976): tokens, known
+# without the regular expression (11k instructions of a call went to it in CSeq).
+_METHODS: Final = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER",
+                             "PRACK", "SUBSCRIBE", "NOTIFY", "UPDATE", "MESSAGE", "REFER",
+                             "INFO", "PUBLISH"})
+
 # §25.1 token; a single character class, so matching is linear (no backtracking).
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 
@@ -130,6 +136,17 @@ def canonical_name(name: str) -> str:
         if len(_CANONICAL) < 1024:  # bounded: header names come from the network
             _CANONICAL[name] = known
     return known
+
+
+# a header's key → "\r\nName: ", what Message.to_bytes writes before its value
+_LINE_STARTS: Final[dict[str, str]] = {}
+
+
+def _line_start(key: str) -> str:
+    start = f"\r\n{canonical_name(key)}: "
+    if len(_LINE_STARTS) < 1024:  # bounded: keys come from the network
+        _LINE_STARTS[key] = start
+    return start
 
 
 # raw header name as written → lowercase full name; bounded, names come from the network
@@ -623,7 +640,8 @@ class Message:
             if v is None:
                 raise ParseError("Missing CSeq")
             parts = v.split()
-            if len(parts) != 2 or not parts[0].isdigit() or not _is_token(parts[1]):
+            if (len(parts) != 2 or not parts[0].isdigit()
+                    or parts[1] not in _METHODS and not _is_token(parts[1])):
                 raise ParseError("Malformed CSeq")
             num = int(parts[0])
             if num > MAX_CSEQ:
@@ -700,19 +718,24 @@ class Message:
         self.headers.add("via", str(via), first=True)
         self._vias = None
 
-    def _head_lines(self) -> list[str]:
-        cn = _CANONICAL.get
-        lines = [f"{cn(k) or canonical_name(k)}: {v}" for k, v in self.headers._items
-                 if k != "content-length"]
-        lines.append(f"Content-Length: {len(self.body)}")
-        return lines
-
     def start_line(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        head = self.start_line() + "\r\n" + "\r\n".join(self._head_lines()) + "\r\n\r\n"
-        return head.encode("utf-8", "surrogateescape") + self.body
+        """The message as sent: each header line as `\r\nName: value` from a table of
+        line starts, one join (a line built by an f-string each and joined twice cost
+        about half as much again, callgrind), Content-Length from the body."""
+        parts = [self.start_line()]
+        starts = _LINE_STARTS
+        for k, v in self.headers._items:
+            if k != "content-length":
+                start = starts.get(k)
+                if start is None:
+                    start = _line_start(k)
+                parts.append(start)
+                parts.append(v)
+        parts.append(f"\r\nContent-Length: {len(self.body)}\r\n\r\n")
+        return "".join(parts).encode("utf-8", "surrogateescape") + self.body
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
@@ -793,8 +816,8 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     head_b, body = _split_head(data)
     head = head_b.decode("utf-8", "surrogateescape")
     lines = head.split("\r\n")
-    crlfs = len(lines) - 1
-    if head.count("\r") != crlfs or head.count("\n") != crlfs:
+    rest = "".join(lines)  # what is left of a CR or LF is a bare one: two scans, no count
+    if "\r" in rest or "\n" in rest:
         # Not every line break is CRLF: refuse bare CRs, tolerate bare LFs (§7.5).
         if "\r" in head.replace("\r\n", ""):
             raise ParseError("Bare CR in header section")
