@@ -275,7 +275,7 @@ class Endpoint:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        deadline = self.layer.get_timer()
+        deadline = self.layer.wake_by()
         if deadline is None:
             return
         if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:

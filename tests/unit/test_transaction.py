@@ -114,7 +114,11 @@ def ack_for(request: Request, response: Response, *, branch: str | None = None) 
 # -- the fake clock ---------------------------------------------------------------------
 
 class Harness:
-    """Drives a TransactionLayer with a fake clock and records what comes out."""
+    """Drives a TransactionLayer with a fake clock and records what comes out: its
+    clock follows get_timer, or wake_by as the endpoint's does (`drive`, every test
+    runs both)."""
+
+    drive = "get_timer"
 
     def __init__(self, timers: Timers | None = None) -> None:
         self.layer = TransactionLayer(timers)
@@ -127,12 +131,16 @@ class Harness:
             self.sent.append((self.now, peer, data))
         while (ev := self.layer.next_event()) is not None:
             self.events.append((self.now, ev))
+        check_wake_by(self.layer)
 
     def at(self, t: float) -> Harness:
         """Run every timer due up to `t`, then set the clock to `t`."""
         assert t >= self.now
         for _ in range(100_000):
-            deadline = self.layer.get_timer()
+            if self.drive == "wake_by":
+                deadline = self.layer.wake_by()
+            else:
+                deadline = self.layer.get_timer()
             if deadline is None or deadline > t:
                 break
             self.now = max(self.now, deadline)
@@ -174,6 +182,18 @@ class Harness:
 
     def event_log(self) -> list[tuple[float, str]]:
         return [(t, type(ev).__name__) for t, ev in self.events]
+
+
+@pytest.fixture(autouse=True, params=["get_timer", "wake_by"])
+def drive(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Harness, "drive", request.param)
+
+
+def check_wake_by(layer: TransactionLayer) -> None:
+    """What the endpoint arms its clock for is never later than the next timer (None:
+    there is none); it may be a time when there is none left."""
+    wake, exact = layer.wake_by(), layer.get_timer()
+    assert exact is None or (wake is not None and wake <= exact), (wake, exact)
 
 
 def new_server_txn(h: Harness, request: Request, source: Peer = UDP) -> ServerTransaction:
