@@ -106,6 +106,12 @@ class Bus:
         else:
             self._subs.setdefault(kind, []).append(callback)
 
+    def wants(self, kind: type) -> bool:
+        """Whether an event of `kind` would reach anyone: a publisher on a hot path asks
+        first and builds nothing for nobody (a call's three events, each a frozen
+        dataclass and a fan-out, cost 2-5 us per call in-process)."""
+        return bool(self._all) or kind in self._subs
+
     def publish(self, event: object) -> None:
         for cb in (*self._subs.get(type(event), ()), *self._all):
             try:

@@ -814,8 +814,9 @@ class Call:
                 self._provisional_to_a(r)
                 if self.state == "new":
                     self.state = "ringing"
-                    self.pbx.bus.publish(CallRinging(self.a_req.call_id, self.caller,
-                                                     self.callee))
+                    bus = self.pbx.bus
+                    if bus.wants(CallRinging):
+                        bus.publish(CallRinging(self.a_req.call_id, self.caller, self.callee))
             return
         if status < 300:
             self._on_fork_answered(fork, resp)
@@ -862,7 +863,8 @@ class Call:
         self.state = "answered"
         self.answered_at = time.monotonic()
         loglines.info(log, "call %s → %s answered", self.caller, self.callee)
-        pbx.bus.publish(CallAnswered(self.a_req.call_id, self.caller, self.callee))
+        if pbx.bus.wants(CallAnswered):
+            pbx.bus.publish(CallAnswered(self.a_req.call_id, self.caller, self.callee))
         timeout = pbx.config.media.timeout
         if self.bridge is not None and self.bridge.relay is not None and timeout:
             self.bridge.relay.watch(timeout, self._media_timeout)
@@ -1093,9 +1095,10 @@ class Call:
             self.bridge.close()
         loglines.info(log, "call %s → %s ended: %s (%d), %.1f s%s", self.caller, self.callee,
                       reason, status, duration, f", media {media}" if media else "")
-        pbx.bus.publish(CallEnded(self.a_req.call_id, self.caller, self.callee,
-                                  200 if self.answered_at else status, reason, duration,
-                                  media))
+        if pbx.bus.wants(CallEnded):
+            pbx.bus.publish(CallEnded(self.a_req.call_id, self.caller, self.callee,
+                                      200 if self.answered_at else status, reason, duration,
+                                      media))
         self._release()
 
     def _release(self) -> None:
