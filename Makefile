@@ -44,7 +44,7 @@ prompts: $(PROMPTS_DIR)/.made
 # The message path compiled by mypyc from the same sources (tools/build_native.py);
 # remade when any of them changes. appliance/__init__.py runs the sources instead when
 # the compiled modules are stale, so a forgotten rebuild is slow, never wrong.
-NATIVE_SRCS := $(wildcard appliance/sip/*.py appliance/pbx/*.py) tools/build_native.py
+NATIVE_SRCS := $(wildcard appliance/sip/*.py appliance/pbx/*.py) appliance/loglines.py tools/build_native.py
 appliance/_native.txt: $(NATIVE_SRCS) | $(VENV)/.installed
 	@command -v gcc >/dev/null && $(PY) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
 	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc libc6-dev python3-dev)

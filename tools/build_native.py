@@ -46,6 +46,7 @@ MODULES = [
     "pbx/registrar.py",
     "pbx/core.py",
     "pbx/call.py",
+    "loglines.py",
 ]
 
 

@@ -128,3 +128,18 @@ def test_with_another_handler_or_the_level_above_info_it_is_logger_info(monkeypa
     loglines.info(log, "call %s → %s: not registered", "100", "101")
     assert len(seen.records) == 2 and out.getvalue().count("\n") == 2
     log.manager._clear_cache()
+
+
+def test_a_line_reads_as_logging_formats_it() -> None:
+    """`line` against logging's own Formatter on the daemon's format, for every
+    millisecond of a second and each level name (and one no level has)."""
+    handler = LogLines(io.StringIO(), prefix="worker 2 ")
+    formatter = logging.Formatter("%(asctime)s %(levelname)-5s worker 2 %(name)s: %(message)s")
+    for ms in range(0, 1000, 7):
+        for level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NOTE"):
+            created = 1_700_000_000 + ms / 1000 + 0.0004
+            record = logging.makeLogRecord({"name": "appliance.call", "levelname": level,
+                                            "msg": "call 1 → 2", "created": created,
+                                            "msecs": (created - int(created)) * 1000})
+            assert handler.line(created, level, "appliance.call", "call 1 → 2") == (
+                formatter.format(record) + "\n")
