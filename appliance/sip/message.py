@@ -879,7 +879,7 @@ def _parse_request_line(start: str, headers: Headers, body: bytes) -> Request:
     if len(parts) != 3 or not all(parts):
         raise ParseError("Malformed Request-Line")
     method, uri, version = parts
-    if not _is_token(method):
+    if method not in _METHODS and not _is_token(method):
         raise ParseError("Malformed method")
     if uri[0] == "<" or "\t" in uri:
         raise ParseError("Malformed Request-URI")

@@ -98,3 +98,17 @@ def test_to_bytes_of_a_request_without_headers() -> None:
 def test_to_bytes_keeps_undecodable_bytes_as_read() -> None:
     data = _datagram(["\r\n"] * len(HEAD)).replace(b"Call-ID: c1", b"Call-ID: c\xff1")
     assert parse_message(data).to_bytes() == data
+
+
+@pytest.mark.parametrize("method", [*KNOWN, "FOO", "X-Y.Z!%*_+`'~", "invite"])
+def test_a_request_line_method_that_is_a_token_is_read(method: str) -> None:
+    data = _datagram(["\r\n"] * len(HEAD)).replace(b"OPTIONS sip:", f"{method} sip:".encode())
+    msg = parse_message(data)
+    assert isinstance(msg, Request) and msg.method == method
+
+
+@pytest.mark.parametrize("method", ["INV@ITE", "BYE;", "A/B", "\"ACK\"", "IN(VITE", "É"])
+def test_a_request_line_method_that_is_no_token_is_malformed(method: str) -> None:
+    data = _datagram(["\r\n"] * len(HEAD)).replace(b"OPTIONS sip:", f"{method} sip:".encode())
+    with pytest.raises(ParseError, match="Malformed method"):
+        parse_message(data)
