@@ -18,7 +18,8 @@ It reports the process's CPU time per call, this script's own building of the da
 included (about 15 us of it here). On a noisy machine, alternate the variants and
 compare medians: a single round varies by ±10% here. `--without` switches off, for an
 A/B comparison in one build, the express challenge (`express_invite`: the general path
-answers every INVITE) or the direct log lines (`direct_log`: through `Logger.info`).
+answers every INVITE), the express ACK (`express_ack`: the general path takes the
+caller's ACK of the 200) or the direct log lines (`direct_log`: through `Logger.info`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class Box:
         ep.tu = self.pbx
         if "express_invite" in without:
             ep.express_invite = None
+        if "express_ack" in without:
+            ep.express_ack = None
         if "direct_log" in without:
             loglines.install(None)
         self.feed = ep._on_bytes
@@ -108,6 +111,15 @@ class Box:
 
     def call(self, i: int) -> None:
         """One call, as the bench's SIPp caller and callee make it."""
+        target, within = self.answer(i)
+        for cseq, method in ((2, "ACK"), (3, "BYE")):
+            self.feed(self.in_dialog(i, target, within, cseq, method), CALLER)
+        self.hang_up()
+
+    def answer(self, i: int) -> tuple[str, str]:
+        """Call `i` up to the caller's 200: INVITE, 407, ACK, INVITE with credentials,
+        the callee's 180 and 200. Returns the 200's Contact URI and the dialog's From,
+        Call-ID and To lines (what the caller's ACK and BYE carry)."""
         sent, feed = self.sent, self.feed
         dialog = (f"Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1>;tag=1SIPpTag00{i}\r\n"
                   f"Call-ID: {i}-call@127.0.0.1\r\n")
@@ -140,17 +152,24 @@ class Box:
               f"Content-Length: {len(SDP_B)}\r\n\r\n{SDP_B}").encode(), CALLEE)
         ok = self.last(CALLER, b"SIP/2.0 200 ")
         target = header(ok, "Contact").split("<", 1)[1].split(">", 1)[0]
-        within = f"{dialog}To: {header(ok, 'To')}\r\n"
-        for cseq, method in ((2, "ACK"), (3, "BYE")):
-            feed((f"{method} {target} SIP/2.0\r\n"
-                  f"Via: SIP/2.0/UDP 127.0.0.1:30000;branch=z9hG4bK-{i}-{cseq + 1};rport\r\n"
-                  f"{within}CSeq: {cseq} {method}\r\nContact: <sip:1000@127.0.0.1:30000>\r\n"
-                  "Content-Length: 0\r\n\r\n").encode(), CALLER)
+        return target, f"{dialog}To: {header(ok, 'To')}\r\n"
+
+    @staticmethod
+    def in_dialog(i: int, target: str, within: str, cseq: int, method: str) -> bytes:
+        """The caller's ACK or BYE of call `i`, as SIPp sends them."""
+        return (f"{method} {target} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:30000;branch=z9hG4bK-{i}-{cseq + 1};rport\r\n"
+                f"{within}CSeq: {cseq} {method}\r\nContact: <sip:1000@127.0.0.1:30000>\r\n"
+                "Content-Length: 0\r\n\r\n").encode()
+
+    def hang_up(self) -> None:
+        """The callee's 200 to the last BYE the daemon sent it."""
         bye = self.last(CALLEE, b"BYE ")
-        feed((f"SIP/2.0 200 OK\r\nVia: {header(bye, 'Via')}\r\nFrom: {header(bye, 'From')}\r\n"
-              f"To: {header(bye, 'To')}\r\nCall-ID: {header(bye, 'Call-ID')}\r\n"
-              f"CSeq: {header(bye, 'CSeq')}\r\nContent-Length: 0\r\n\r\n").encode(), CALLEE)
-        sent.clear()
+        self.feed((f"SIP/2.0 200 OK\r\nVia: {header(bye, 'Via')}\r\n"
+                   f"From: {header(bye, 'From')}\r\nTo: {header(bye, 'To')}\r\n"
+                   f"Call-ID: {header(bye, 'Call-ID')}\r\nCSeq: {header(bye, 'CSeq')}\r\n"
+                   "Content-Length: 0\r\n\r\n").encode(), CALLEE)
+        self.sent.clear()
 
     def last(self, peer: Peer, start: bytes) -> bytes:
         """The last datagram sent to `peer` that starts with `start`."""
@@ -210,7 +229,7 @@ def main() -> int:
     parser.add_argument("--phases", action="store_true",
                         help="also time each datagram (wall clock, with the timing's cost)")
     parser.add_argument("--without", action="append", default=[],
-                        choices=["express_invite", "direct_log"])
+                        choices=["express_invite", "express_ack", "direct_log"])
     args = parser.parse_args()
     setup_logging("info", False)
     logging.getLogger().handlers[0].out = open(os.devnull, "w")  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from ..bus import Bus
 from ..sip.digest import DigestServer
 from ..sip.dns import DnsError, SipResolver
 from ..sip.endpoint import Endpoint
-from ..sip.express import finish, read_invite, response_head
+from ..sip.express import finish, read_ack, read_invite, response_head
 from ..sip.message import NameAddr, ParseError, Request, Response, make_response
 from ..sip.transaction import (
     OWN_PORT,
@@ -119,6 +119,7 @@ class Pbx:
         endpoint.stateless_ack_mark = f";tag={self._stateless_tag}".encode()
         endpoint.express_register = self.registrar.express
         endpoint.express_invite = self.express_invite
+        endpoint.express_ack = self.express_ack
         # A SIP worker (appliance/workers.py) runs calls between extensions only, and hands
         # the rest to the daemon: `elsewhere()` hands it the datagram being handled, as it
         # arrived. The daemon hands a worker its requests before parsing them
@@ -283,6 +284,22 @@ class Pbx:
         head.extend(["Proxy-Authenticate: " + v
                      for v in self.digest.challenge_headers(self.clock())])
         layer.send_bytes(reply_peer(via, source), finish(head))
+        return True
+
+    def express_ack(self, data: bytes, source: Peer) -> bool:
+        """The ACK of a 200 within one of our dialogs, straight from its header lines
+        (appliance/sip/express.py): its transaction layer's part (`ack_of_2xx`) and its
+        dialog's owner, as the general path hands it on. False: nothing was done (a
+        body, no dialog of ours, a branch an INVITE server transaction has, any other
+        shape)."""
+        r = read_ack(data)
+        if r is None:
+            return False
+        owner = self.dialogs.get((r.call_id, r.to_tag))
+        if owner is None or not self.endpoint.layer.ack_of_2xx(r.via, r.call_id, r.cseq,
+                                                                  r.to_tag):
+            return False
+        owner.on_ack(r.request())
         return True
 
     def _known_addresses(self, host: str) -> list[str]:

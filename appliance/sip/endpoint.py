@@ -77,6 +77,9 @@ class Endpoint:
         # The PBX's express challenge (Pbx.express_invite): an INVITE without
         # credentials it answered with a 407 (True), or left to the general path (False).
         self.express_invite: Callable[[bytes, Peer], bool] | None = None
+        # The PBX's express ACK (Pbx.express_ack): the ACK of a 200 within its dialogs,
+        # handed on (True), or left to the general path (False).
+        self.express_ack: Callable[[bytes, Peer], bool] | None = None
 
     async def start(self, bind: str, udp_port: int, tcp_port: int, tls_port: int | None,
                     server_ssl: ssl.SSLContext | None, udp_group: int = 0) -> dict[str, int]:
@@ -175,6 +178,8 @@ class Endpoint:
                 express = self.express_register
             elif data.startswith(b"INVITE "):
                 express = self.express_invite
+            elif data.startswith(b"ACK "):
+                express = self.express_ack
             else:
                 express = None
             if express is not None:

@@ -1,16 +1,17 @@
 """Requests read straight from their header lines: what the express paths share.
 
-Most of what a box receives has one shape: a REGISTER (appliance/sip/register.py), or
-the first INVITE of a call, sent without credentials to be challenged (below). Building
+Most of what a box receives has one shape: a REGISTER (appliance/sip/register.py), the
+first INVITE of a call, sent without credentials to be challenged, or the ACK of a
+call's 200 (below). Building
 `Headers`, a `Request` and parsed values that nobody reads is most of what answering
 them costs (docs/performance.md). An express path reads such a datagram's lines with
 `read_head` and a table of the headers it reads, then makes every check that
 `parse_message` and `validate_request` (RFC 3261 §8.2) would make on them, with the
 same parsers; anything else (an error, a header it does not know how to judge, any
 doubt) gives None, and the general path answers the datagram as before, errors included.
-So an express path never answers differently; tests/unit/test_register_express.py and
-tests/unit/test_invite_express.py send both paths the same datagrams, mutated, and
-compare what they send.
+So an express path never answers differently; tests/unit/test_register_express.py,
+tests/unit/test_invite_express.py and tests/unit/test_ack_express.py send both paths
+the same datagrams, mutated, and compare what they send.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from .memo import Memo
 from .message import (
     MAX_CSEQ,
     SINGLE_HEADERS,
+    Headers,
     ParseError,
+    Request,
     Via,
     _is_token,
     _key,
@@ -273,3 +276,85 @@ def read_invite(data: bytes) -> InviteRequest | None:
     if "tag" in to_value.params or not isinstance(from_uri, SipURI) or not from_uri.user:
         return None  # within a dialog; or a caller that is no extension (403)
     return InviteRequest(via_text, via, from_, from_uri.user, to, call_id, cseq)
+
+
+# -- the ACK of a 2xx, within a dialog (§13.2.2.4) -------------------------------------
+# The same headers matter as for a first INVITE: credentials, Require and a route set go
+# to the general path, and a second line of a kept or single header too.
+_ACK: Final = _INVITE
+_A_CONTENT_TYPE: Final = _ACK.codes["content-type"]
+
+
+class AckRequest:
+    """What the PBX needs of an ACK within a dialog, as sent."""
+
+    __slots__ = ("ruri", "via", "via_text", "from_", "to", "to_tag", "call_id", "cseq",
+                 "cseq_text", "content_type")
+
+    def __init__(self, ruri: str, via: Via, via_text: str, from_: str, to: str, to_tag: str,
+                 call_id: str, cseq: int, cseq_text: str, content_type: str | None) -> None:
+        self.ruri = ruri
+        self.via = via
+        self.via_text = via_text
+        self.from_ = from_
+        self.to = to
+        self.to_tag = to_tag
+        self.call_id = call_id
+        self.cseq = cseq
+        self.cseq_text = cseq_text
+        self.content_type = content_type
+
+    def request(self) -> Request:
+        """The ACK as its dialog's owner reads it (Call.on_leg_ack, a room's leg): without
+        a body, which is all they look at besides Content-Type."""
+        items = [("via", self.via_text), ("from", self.from_), ("to", self.to),
+                 ("call-id", self.call_id), ("cseq", self.cseq_text)]
+        if self.content_type is not None:
+            items.append(("content-type", self.content_type))
+        return Request("ACK", self.ruri, Headers(items))
+
+
+def read_ack(data: bytes) -> AckRequest | None:
+    """An ACK datagram with a To tag and no body that the general path would accept and
+    hand to the PBX; None: leave it to the general path."""
+    read = read_head(data, "ACK", _ACK)
+    if read is None:
+        return None
+    ruri, values, body = read
+    via_text = values[_I_VIA]
+    from_ = values[_I_FROM]
+    to = values[_I_TO]
+    call_id = values[_I_CALL_ID]
+    cseq = values[_I_CSEQ]
+    if via_text is None or from_ is None or to is None or call_id is None or cseq is None:
+        return None
+    if not call_id or " " in call_id:
+        return None
+    num = cseq_number(cseq, "ACK")
+    if num < 0:
+        return None
+    length = values[_I_CONTENT_LENGTH]
+    if length is None:
+        if body:
+            return None  # on UDP the rest of the datagram is the body (§18.3)
+    elif not length.isdigit() or len(length) > 10 or int(length) != 0:
+        return None  # a body (or a bad length): the general path
+    if not scalar_ok(values[_I_MAX_FORWARDS], 255):
+        return None
+    if not scalar_ok(values[_I_EXPIRES], 2**32 - 1):
+        return None
+    contact = values[_I_CONTACT]
+    if contact is not None and not one_contact(contact)[0]:
+        return None
+    via = one_via(via_text)
+    if via is None or not ruri_ok(ruri):
+        return None
+    try:
+        tag = parse_name_addr(to, "To").tag
+        parse_name_addr(from_, "From")
+    except ParseError:
+        return None
+    if not tag:
+        return None  # outside a dialog, or an empty tag: the general path
+    return AckRequest(ruri, via, via_text, from_, to, tag, call_id, num, cseq,
+                      values[_A_CONTENT_TYPE])

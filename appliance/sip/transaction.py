@@ -484,6 +484,19 @@ class TransactionLayer:
             txn.last_response = None
         txn.request = RELEASED
 
+    def ack_of_2xx(self, via: Via, call_id: str, cseq: int, to_tag: str) -> bool:
+        """What receiving an ACK with top Via `via` does here when no INVITE server
+        transaction has its branch: the 2xx it acknowledges (by Call-ID, CSeq number and
+        To tag) stops being retransmitted (§13.3.1.4). False, with nothing done: one has
+        it, or the branch is no RFC 3261 one (§17.2.3); `receive` must judge the ACK."""
+        key = server_key(via, "INVITE")
+        if key is None or key in self._servers:
+            return False
+        txn = self._acks.get((call_id, cseq, to_tag))
+        if txn is not None:
+            txn._acked = True
+        return True
+
     def has_server(self, key: tuple) -> bool:
         """Whether a server transaction with this `server_key` exists: a request with it
         is a retransmission."""
