@@ -12,7 +12,8 @@ sources, all of them, when any has changed since (see `_native_guard` there), so
 edited module never runs stale compiled code.
 
 Why these modules: they are the per-message work of registrations and calls (parse,
-validate, transactions, digest, registrar, location, B2BUA); see docs/performance.md.
+validate, transactions, digest, registrar, location, B2BUA), and the log's handler that
+writes a call's three lines; see docs/performance.md.
 Needs a C compiler and Python's headers (`make native` installs gcc and python3-dev).
 """
 

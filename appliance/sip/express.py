@@ -2,9 +2,8 @@
 
 Most of what a box receives has one shape: a REGISTER (appliance/sip/register.py), the
 first INVITE of a call, sent without credentials to be challenged, or the ACK of a
-call's 200 (below). Building
-`Headers`, a `Request` and parsed values that nobody reads is most of what answering
-them costs (docs/performance.md). An express path reads such a datagram's lines with
+call's 200 (below). Building `Headers`, a `Request` and parsed values that nobody reads
+is most of what answering them costs (docs/performance.md). An express path reads such a datagram's lines with
 `read_head` and a table of the headers it reads, then makes every check that
 `parse_message` and `validate_request` (RFC 3261 §8.2) would make on them, with the
 same parsers; anything else (an error, a header it does not know how to judge, any
