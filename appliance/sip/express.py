@@ -231,12 +231,30 @@ class InviteRequest:
         self.cseq = cseq
 
 
-def read_invite(data: bytes) -> InviteRequest | None:
-    """An INVITE datagram without credentials, outside any dialog, that the general
-    path would accept and hand to the PBX; None: leave it to the general path."""
-    if b"\r\nProxy-Authorization:" in data or b"\r\nAuthorization:" in data:
-        return None  # credentials as phones spell them, found without reading the lines
-    read = read_head(data, "INVITE", _INVITE)
+class _Head:
+    """A request's lines as `read_head` gives them, with Via, From, To, Call-ID and CSeq
+    present (§8.1.1), a Call-ID validate_request accepts, and the CSeq's number."""
+
+    __slots__ = ("ruri", "values", "body", "via_text", "from_", "to", "call_id", "cseq",
+                 "num")
+
+    def __init__(self, ruri: str, values: list[str | None], body: int, via_text: str,
+                 from_: str, to: str, call_id: str, cseq: str, num: int) -> None:
+        self.ruri = ruri
+        self.values = values
+        self.body = body
+        self.via_text = via_text
+        self.from_ = from_
+        self.to = to
+        self.call_id = call_id
+        self.cseq = cseq
+        self.num = num
+
+
+def _read_request(data: bytes, method: str) -> _Head | None:
+    """`data` read with `_INVITE`'s table as a `method` request; None: not of that shape,
+    a mandatory header missing, or a Call-ID or CSeq validate_request refuses."""
+    read = read_head(data, method, _INVITE)
     if read is None:
         return None
     ruri, values, body = read
@@ -247,34 +265,58 @@ def read_invite(data: bytes) -> InviteRequest | None:
     cseq = values[_I_CSEQ]
     if via_text is None or from_ is None or to is None or call_id is None or cseq is None:
         return None
-    if not call_id or " " in call_id or cseq_number(cseq, "INVITE") < 0:
+    if not call_id or " " in call_id:
         return None
-    if ";tag=" in to.replace(" ", "").lower():
-        return None  # within a dialog (and make_response would not add our tag)
-    length = values[_I_CONTENT_LENGTH]
-    if length is not None and (not length.isdigit() or len(length) > 10
-                               or int(length) > body):
-        return None  # §18.3: the general path answers 400
-    mf = values[_I_MAX_FORWARDS]
-    if not scalar_ok(mf, 255) or mf is not None and int(mf) == 0:
-        return None  # 400, or 483 Too Many Hops
+    num = cseq_number(cseq, method)
+    if num < 0:
+        return None
+    return _Head(ruri, values, body, via_text, from_, to, call_id, cseq, num)
+
+
+def _checked_via(h: _Head) -> Via | None:
+    """The request's only Via, once its Expires, Contact and Request-URI pass
+    validate_request's checks; None otherwise."""
+    values = h.values
     if not scalar_ok(values[_I_EXPIRES], 2**32 - 1):
         return None
     contact = values[_I_CONTACT]
     if contact is not None and not one_contact(contact)[0]:
         return None
-    via = one_via(via_text)
-    if via is None or not ruri_ok(ruri):
+    via = one_via(h.via_text)
+    if via is None or not ruri_ok(h.ruri):
+        return None
+    return via
+
+
+def read_invite(data: bytes) -> InviteRequest | None:
+    """An INVITE datagram without credentials, outside any dialog, that the general
+    path would accept and hand to the PBX; None: leave it to the general path."""
+    if b"\r\nProxy-Authorization:" in data or b"\r\nAuthorization:" in data:
+        return None  # credentials as phones spell them, found without reading the lines
+    h = _read_request(data, "INVITE")
+    if h is None:
+        return None
+    if ";tag=" in h.to.replace(" ", "").lower():
+        return None  # within a dialog (and make_response would not add our tag)
+    length = h.values[_I_CONTENT_LENGTH]
+    if length is not None and (not length.isdigit() or len(length) > 10
+                               or int(length) > h.body):
+        return None  # §18.3: the general path answers 400
+    mf = h.values[_I_MAX_FORWARDS]
+    if not scalar_ok(mf, 255) or mf is not None and int(mf) == 0:
+        return None  # 400, or 483 Too Many Hops
+    via = _checked_via(h)
+    if via is None:
         return None
     try:
-        to_value = parse_name_addr(to, "To")
-        from_value = parse_name_addr(from_, "From")
+        to_value = parse_name_addr(h.to, "To")
+        from_value = parse_name_addr(h.from_, "From")
         from_uri = parse_uri(from_value.uri)
     except (ParseError, URIError):
         return None
     if "tag" in to_value.params or not isinstance(from_uri, SipURI) or not from_uri.user:
         return None  # within a dialog; or a caller that is no extension (403)
-    return InviteRequest(via_text, via, from_, from_uri.user, to, call_id, cseq)
+    return InviteRequest(h.via_text, via, h.from_, from_uri.user, h.to, h.call_id, h.cseq)
 
 
 # -- the ACK of a 2xx, within a dialog (§13.2.2.4) -------------------------------------
@@ -316,44 +358,26 @@ class AckRequest:
 def read_ack(data: bytes) -> AckRequest | None:
     """An ACK datagram with a To tag and no body that the general path would accept and
     hand to the PBX; None: leave it to the general path."""
-    read = read_head(data, "ACK", _ACK)
-    if read is None:
+    h = _read_request(data, "ACK")
+    if h is None:
         return None
-    ruri, values, body = read
-    via_text = values[_I_VIA]
-    from_ = values[_I_FROM]
-    to = values[_I_TO]
-    call_id = values[_I_CALL_ID]
-    cseq = values[_I_CSEQ]
-    if via_text is None or from_ is None or to is None or call_id is None or cseq is None:
-        return None
-    if not call_id or " " in call_id:
-        return None
-    num = cseq_number(cseq, "ACK")
-    if num < 0:
-        return None
-    length = values[_I_CONTENT_LENGTH]
+    length = h.values[_I_CONTENT_LENGTH]
     if length is None:
-        if body:
+        if h.body:
             return None  # on UDP the rest of the datagram is the body (§18.3)
     elif not length.isdigit() or len(length) > 10 or int(length) != 0:
         return None  # a body (or a bad length): the general path
-    if not scalar_ok(values[_I_MAX_FORWARDS], 255):
+    if not scalar_ok(h.values[_I_MAX_FORWARDS], 255):
         return None
-    if not scalar_ok(values[_I_EXPIRES], 2**32 - 1):
-        return None
-    contact = values[_I_CONTACT]
-    if contact is not None and not one_contact(contact)[0]:
-        return None
-    via = one_via(via_text)
-    if via is None or not ruri_ok(ruri):
+    via = _checked_via(h)
+    if via is None:
         return None
     try:
-        tag = parse_name_addr(to, "To").tag
-        parse_name_addr(from_, "From")
+        tag = parse_name_addr(h.to, "To").tag
+        parse_name_addr(h.from_, "From")
     except ParseError:
         return None
     if not tag:
         return None  # outside a dialog, or an empty tag: the general path
-    return AckRequest(ruri, via, via_text, from_, to, tag, call_id, num, cseq,
-                      values[_A_CONTENT_TYPE])
+    return AckRequest(h.ruri, via, h.via_text, h.from_, h.to, tag, h.call_id, h.num, h.cseq,
+                      h.values[_A_CONTENT_TYPE])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from appliance.sip.transaction import Peer
 from bench.inprocess import CALLEE, CALLER, Box
 
-from .test_register_express import _line_mutations
+from .test_register_express import _line_mutations, use_express
 
 # The caller's ACK of call {n}, as Box.in_dialog makes it (checked below); {tag} is the
 # box's own To tag, {target} the 200's Contact.
@@ -75,16 +75,7 @@ class Side:
         self.box = box = Box(set())
         box.register_callee()
         self.served = 0
-        ack = box.endpoint.express_ack
-        assert ack is not None  # the box as shipped uses it
-        if express:
-            def counted(data: bytes, peer: Peer) -> bool:
-                done = ack(data, peer)
-                self.served += done
-                return done
-            box.endpoint.express_ack = counted
-        else:
-            box.endpoint.express_ack = None
+        use_express(self, box.endpoint, "express_ack", express)
 
     def answer(self, n: int) -> tuple[str, str, str]:
         """Call `n` answered: the 200's Contact, the dialog's lines, our To tag."""

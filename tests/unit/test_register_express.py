@@ -17,6 +17,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,16 +62,7 @@ class Box:
         self.bus.subscribe(ExtensionRegistered, self.events.append)
         self.bus.subscribe(ExtensionUnregistered, self.events.append)
         self.served = 0
-        express_path = getattr(self.endpoint, hook)
-        assert express_path is not None  # the box as shipped uses it
-        if express:
-            def counted(data: bytes, peer: Peer) -> bool:
-                done = express_path(data, peer)
-                self.served += done
-                return done
-            setattr(self.endpoint, hook, counted)
-        else:
-            setattr(self.endpoint, hook, None)
+        use_express(self, self.endpoint, hook, express)
 
     def feed(self, data: bytes, peer: Peer = PHONE) -> list[tuple[Peer, bytes]]:
         self.endpoint._on_bytes(data, peer)
@@ -85,6 +77,22 @@ class Box:
         return {aor: [(b.contact, b.expires_at, b.q, b.call_id, b.cseq, b.peer, b.path,
                        b.user_agent) for b in loc.bindings(aor, NOW)]
                 for aor in sorted(loc.aors())}
+
+
+def use_express(counter: Any, endpoint: Endpoint, hook: str, express: bool) -> None:
+    """The endpoint's express path `hook` kept, each datagram it takes counted in
+    `counter.served`, or switched off (the general path takes everything)."""
+    path = getattr(endpoint, hook)
+    assert path is not None  # the box as shipped uses it
+    if not express:
+        setattr(endpoint, hook, None)
+        return
+
+    def counted(data: bytes, peer: Peer) -> bool:
+        done = path(data, peer)
+        counter.served += done
+        return done
+    setattr(endpoint, hook, counted)
 
 
 @pytest.fixture
