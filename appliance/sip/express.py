@@ -3,8 +3,9 @@
 Most of what a box receives has one shape: a REGISTER (appliance/sip/register.py), the
 first INVITE of a call, sent without credentials to be challenged, or the ACK of a
 call's 200 (below). Building `Headers`, a `Request` and parsed values that nobody reads
-is most of what answering them costs (docs/performance.md). An express path reads such a datagram's lines with
-`read_head` and a table of the headers it reads, then makes every check that
+is most of what answering them costs (docs/performance.md). An express path reads such
+a datagram's lines with `read_head` and a table of the headers it reads, then makes
+every check that
 `parse_message` and `validate_request` (RFC 3261 §8.2) would make on them, with the
 same parsers; anything else (an error, a header it does not know how to judge, any
 doubt) gives None, and the general path answers the datagram as before, errors included.
@@ -320,10 +321,10 @@ def read_invite(data: bytes) -> InviteRequest | None:
 
 
 # -- the ACK of a 2xx, within a dialog (§13.2.2.4) -------------------------------------
-# The same headers matter as for a first INVITE: credentials, Require and a route set go
-# to the general path, and a second line of a kept or single header too.
-_ACK: Final = _INVITE
-_A_CONTENT_TYPE: Final = _ACK.codes["content-type"]
+# Read with the first INVITE's table (`_read_request`): the same headers matter, as
+# credentials, Require and a route set go to the general path, and a second line of a
+# kept or single header too.
+_A_CONTENT_TYPE: Final = _INVITE.codes["content-type"]
 
 
 class AckRequest:
