@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .endpoint import stamp_received, stamped_text
+from .endpoint import needs_stamp, stamped_text
 from .memo import Memo
 from .message import (
     MAX_CSEQ,
@@ -30,10 +30,14 @@ from .message import (
     _is_token,
     _key,
     parse_name_addr,
-    parse_via,
+    parse_request_via,
 )
 from .transaction import Peer
 from .uri import SipURI, URIError, parse_uri
+
+# `HeaderTable.spelled`'s slots: a name's length (its line's colon, under 32) and
+# first letter (ASCII: the head is decoded as such).
+_SPELLED_SLOTS: Final = 32 << 7
 
 
 class HeaderTable:
@@ -41,12 +45,18 @@ class HeaderTable:
     the value (a second line of it: the general path); 0 ignores it, as the path's
     handler does; -1 marks one the general path would act on or refuse."""
 
-    __slots__ = ("codes", "count", "_names")
+    __slots__ = ("codes", "count", "_names", "spelled", "spelled_code")
 
     def __init__(self, codes: dict[str, int]) -> None:
         self.codes = codes
         self.count = max(codes.values()) + 1
         self._names: Memo[int] = Memo(2048)  # a name as written → its code, -2: not a token
+        # The last name looked up with each length and first letter, as written, and
+        # its code: a line with its colon at that length that starts with it has that
+        # name, found by `startswith` with no slice to hash (a phone spells its names
+        # the same way in every request). ":" matches no line: its name is not empty.
+        self.spelled: list[str] = [":"] * _SPELLED_SLOTS
+        self.spelled_code: list[int] = [0] * _SPELLED_SLOTS
 
     def code(self, name: str) -> int:
         code = self._names.get(name)
@@ -83,21 +93,38 @@ def read_head(data: bytes, method: str,
     if " " in ruri:
         return None
     values: list[str | None] = [None] * table.count
+    spelled = table.spelled
+    spelled_code = table.spelled_code
     for i in range(1, len(lines)):
         line = lines[i]
-        if line[0] == " " or line[0] == "\t":
+        first = line[0]
+        if first == " " or first == "\t":
             return None  # folded (§7.3.1); no line is empty before CRLFCRLF
         colon = line.find(":")
         if colon <= 0:
             return None
-        code = table.code(line[:colon])
+        slot = (colon << 7) | ord(first)
+        if slot < _SPELLED_SLOTS and line.startswith(spelled[slot]):
+            code = spelled_code[slot]  # the same name (the same length): the same code
+        else:
+            name = line[:colon]
+            code = table.code(name)
+            if slot < _SPELLED_SLOTS:
+                spelled[slot] = name
+                spelled_code[slot] = code
         if code <= 0:
             if code == 0:
                 continue
             return None
         if values[code] is not None:
             return None  # a second Via, Contact... or a repeated single one
-        values[code] = line[colon + 1 :].strip(" \t")
+        # "Name: value" as phones write it: one slice; any other spacing: stripped
+        last = len(line) - 1
+        if (colon + 2 <= last and line[colon + 1] == " " and line[colon + 2] != " "
+                and line[colon + 2] != "\t" and line[last] != " " and line[last] != "\t"):
+            values[code] = line[colon + 2:]
+        else:
+            values[code] = line[colon + 1:].strip(" \t")
     return ruri, values, len(data) - end - 4
 
 
@@ -121,7 +148,7 @@ def one_via(text: str) -> Via | None:
     if not text or "," in text or text != text.strip():
         return None
     try:
-        return parse_via(text)
+        return parse_request_via(text)
     except ParseError:
         return None
 
@@ -179,9 +206,8 @@ def response_head(status_line: str, via_text: str, via: Via, source: Peer, from_
                   to: str, call_id: str, cseq: str, tag: str) -> str:
     """§8.2.6.2: the status line, Via (stamped, §18.2.1), From, To with our tag, Call-ID
     and CSeq, as make_response copies them."""
-    stamped = stamp_received(via, source)
-    if stamped is not None:
-        via_text = stamped_text(via, stamped, source)
+    if needs_stamp(via, source):
+        via_text = stamped_text(via, source)
     return (f"{status_line}\r\nVia: {via_text}\r\nFrom: {from_}\r\nTo: {to};tag={tag}"
             f"\r\nCall-ID: {call_id}\r\nCSeq: {cseq}")
 

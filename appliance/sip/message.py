@@ -508,15 +508,39 @@ def parse_via(value: str) -> Via:
         return known
     cut = _cut_param(value, ";branch=")
     if cut is not None:
-        shape = _VIA_SHAPES.get(cut[0])
-        if shape is not None and _is_token_quick(cut[1]):
-            params = dict(shape.params)
-            params["branch"] = cut[1]
-            via = Via(shape.transport, shape.host, shape.port, params)
-            if shape.text is not None:
-                via.text = value  # the same text around a token
+        via = _via_of_shape(value, cut)
+        if via is not None:
             _VIAS.put(value, via)
             return via
+    return _parse_via_fresh(value, cut)
+
+
+def parse_request_via(value: str) -> Via:
+    """parse_via for the top Via of a request from the network, whose branch is new in
+    each transaction (§8.1.1.7): its shape looked up first, and the text not kept (only
+    a retransmission would carry it again, and the transaction layer answers that)."""
+    cut = _cut_param(value, ";branch=")
+    if cut is not None:
+        via = _via_of_shape(value, cut)
+        if via is not None:
+            return via
+    return parse_via(value)
+
+
+def _via_of_shape(value: str, cut: tuple[str, str]) -> Via | None:
+    """The Via `value` made from its shape's parse (`cut`: `_cut_param`'s), or None."""
+    shape = _VIA_SHAPES.get(cut[0])
+    if shape is None or not _is_token_quick(cut[1]):
+        return None
+    params = dict(shape.params)
+    params["branch"] = cut[1]
+    via = Via(shape.transport, shape.host, shape.port, params)
+    if shape.text is not None:
+        via.text = value  # the same text around a token
+    return via
+
+
+def _parse_via_fresh(value: str, cut: tuple[str, str] | None) -> Via:
     m = _FAST_VIA_RE.fullmatch(value)
     if m is not None:
         transport, host, port, params_text = m.groups()

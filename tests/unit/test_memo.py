@@ -215,12 +215,14 @@ def test_a_stamped_via_is_written_as_it_prints(text: str, peer: Peer) -> None:
     """The text of a Via stamped with received/rport (§18.2.1, RFC 3581 §4), edited from
     the text it was read from where that prints the same, is what formatting the stamped
     Via gives, with its branch from a shape or not."""
-    from appliance.sip.endpoint import stamp_received, stamped_text
+    from appliance.sip.endpoint import needs_stamp, stamp_received, stamped_text
     for again in (text, text.replace("z9hG4bK-1", "z9hG4bK-2")):
         via = parse_via(again)
         stamped = stamp_received(via, peer)
+        assert needs_stamp(via, peer) == (stamped is not None), (again, peer)
         if stamped is not None:
-            assert stamped_text(via, stamped, peer) == str(stamped), (again, peer)
+            assert stamped_text(via, peer, stamped) == str(stamped), (again, peer)
+            assert stamped_text(via, peer) == str(stamped), (again, peer)
     assert parse_via(text).text == (text if text in PRINTED_AS_READ else None)
 
 

@@ -1,0 +1,107 @@
+"""`read_head`, the express paths' line reader, against the plain reading it replaces:
+every header name looked up by its text and every value stripped of LWS.
+
+`read_head` matches a line's name against the last name seen with the same length and
+first letter (`HeaderTable.spelled`) and takes "Name: value" with one slice. These tests
+give it names that share a slot but differ, spellings in other cases, and every spacing
+around the colon and at the end of the line, in several orders, so that each line meets
+a slot learned from another; the result must be what the plain reading gives."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from appliance.sip.express import HeaderTable, read_head
+
+CODES = {"via": 1, "from": 2, "to": 3, "call-id": 4, "cseq": 5, "contact": 6,
+         "require": -1, "content-type": -1}
+
+
+def plain(data: bytes, method: str, table: HeaderTable) -> tuple | None:
+    """The reading before the slots: the same checks, each name by `table.code`."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    try:
+        text = data[:end].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    if "\r" in "".join(lines) or "\n" in "".join(lines):
+        return None
+    first = lines[0]
+    start = len(method) + 1
+    if (len(first) < start + 8 or not first.startswith(method)
+            or first[start - 1] != " " or not first.endswith(" SIP/2.0")):
+        return None
+    ruri = first[start:-8]
+    if " " in ruri:
+        return None
+    values: list[str | None] = [None] * table.count
+    for line in lines[1:]:
+        if line[0] in " \t":
+            return None
+        colon = line.find(":")
+        if colon <= 0:
+            return None
+        code = table.code(line[:colon])
+        if code <= 0:
+            if code == 0:
+                continue
+            return None
+        if values[code] is not None:
+            return None
+        values[code] = line[colon + 1:].strip(" \t")
+    return ruri, values, len(data) - end - 4
+
+
+# Names that share a slot (length and first letter) with a kept one, or spell it otherwise.
+NAMES = ["Via", "VIA", "via", "Vix", "Vi", "v", "From", "FROM", "Frum", "f", "To", "TO", "Tx",
+         "t", "Call-ID", "Call-Id", "CALL-ID", "Call-IX", "i", "CSeq", "Cseq", "CSeX",
+         "Contact", "Contacx", "m", "Require", "Requirx", "Content-Type", "Content-Typx",
+         "Subject", "X-Foo", "Via ", "Via\t", "To  ", "Max-Forwards"]
+# What follows the colon, and what ends the line.
+SPACINGS = [("", ""), (" ", ""), ("  ", ""), ("\t", ""), (" \t", ""), (" ", " "),
+            (" ", "\t"), ("", " "), (" ", "  ")]
+VALUES = ["x", "ab", "sip:a@b;tag=1", " ", "", "a b", "a\tb"]
+
+
+def request(lines: list[str]) -> bytes:
+    return ("REGISTER sip:b SIP/2.0\r\n" + "".join(line + "\r\n" for line in lines)
+            + "\r\n").encode()
+
+
+def test_each_name_spacing_and_value_reads_as_the_plain_reading() -> None:
+    table = HeaderTable(CODES)
+    reference = HeaderTable(CODES)
+    for name, (before, after), value in itertools.product(NAMES, SPACINGS, VALUES):
+        data = request([f"{name}:{before}{value}{after}"])
+        assert read_head(data, "REGISTER", table) == plain(data, "REGISTER", reference), data
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_heads_of_mixed_lines_read_as_the_plain_reading(seed: int) -> None:
+    rng = random.Random(seed)
+    table = HeaderTable(CODES)
+    reference = HeaderTable(CODES)
+    for _ in range(300):
+        lines = []
+        for _ in range(rng.randint(1, 7)):
+            before, after = rng.choice(SPACINGS)
+            lines.append(f"{rng.choice(NAMES)}:{before}{rng.choice(VALUES)}{after}")
+        data = request(lines)
+        assert read_head(data, "REGISTER", table) == plain(data, "REGISTER", reference), data
+
+
+def test_a_name_sharing_a_slot_is_not_taken_for_the_kept_one() -> None:
+    """"Vix" after "Via" (length 3, "V"): ignored, not a second Via."""
+    table = HeaderTable(CODES)
+    read = read_head(request(["Via: a", "Vix: b", "Via:c"]), "REGISTER", table)
+    assert read is None  # the third line is a second Via
+    read = read_head(request(["Via: a", "Vix: b"]), "REGISTER", table)
+    assert read is not None and read[1][1] == "a"
+    read = read_head(request(["Vix: b", "VIA: a "]), "REGISTER", table)
+    assert read is not None and read[1][1] == "a"
