@@ -51,10 +51,16 @@ Messages on a socket pair (one datagram each):
     b"V" + the same: a request the worker authenticated, its nonce's use   worker → daemon
         counted there (RFC 2617 §3.2.2), that it hands on: the daemon does not take that
         nonce for another process's (DigestServer.trusted)
-    b"B" + JSON list of binding changes                                   both ways
-        ["put", aor, binding] | ["del", aor, contact] | ["clr", aor]
+    b"B" + a list of binding changes, in `marshal`'s format               both ways
+        ["put", aor, contact, expires_at, call_id, cseq, transport, host, port, q, path,
+         user_agent] | ["del", aor, contact] | ["clr", aor]
         ["ref", aor, contact, expires_at, call_id, cseq]   a refresh, sent within a second
-    b"E" + JSON list of [event class name, fields]   a worker's call events  worker → daemon
+    b"E" + a list of [event class name, fields], in `marshal`'s format:
+        a worker's call events                                           worker → daemon
+    `marshal` (the interpreter's own format for its plain values) is read only by the
+    same interpreter that wrote it, as the workers are (`sys.executable`), and costs a
+    third of JSON's: 0.6 + 1.4 against 3.7 + 4.2 us per binding change, 1.3 + 1.6 against
+    4.0 + 3.6 us per call event (timeit, written + read).
     b"R"  the daemon's bindings have all been sent: bind and serve       daemon → worker
     b"P" + the worker's own port, in ASCII digits                          worker → daemon
     b"C"  config.yaml changed: read it again                             daemon → worker
@@ -65,8 +71,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
+import marshal
 import signal
 import socket
 import struct
@@ -132,37 +138,40 @@ def decode_datagram(msg: bytes) -> tuple[bytes, str, int]:
 def encode_ops(ops: list[Op]) -> list[bytes]:
     out = []
     for i in range(0, len(ops), _BATCH):
-        batch = [_wire(op) for op in ops[i:i + _BATCH]]
-        out.append(b"B" + json.dumps(batch, separators=(",", ":")).encode())
+        out.append(b"B" + marshal.dumps([_wire(op) for op in ops[i:i + _BATCH]]))
     return out
 
 
 def _wire(op: Op) -> Op:
     kind = op[0]
     if kind == "put":
-        return [kind, op[1], op[2].to_json()]
-    if kind == "ref":
         b: Binding = op[2]
+        p = b.peer
+        return [kind, op[1], b.contact, b.expires_at, b.call_id, b.cseq, p.transport, p.host,
+                p.port, b.q, b.path, b.user_agent]
+    if kind == "ref":
+        b = op[2]
         return [kind, op[1], b.contact, b.expires_at, b.call_id, b.cseq]
     return op
 
 
 def decode_ops(msg: bytes) -> list[Op]:
-    ops = json.loads(msg[1:])
-    return [[op[0], op[1], Binding.from_json(op[2])] if op[0] == "put" else op for op in ops]
+    return [["put", op[1], Binding(op[2], op[3], op[4], op[5], Peer(op[6], op[7], op[8]),
+                                   op[9], op[10], op[11])] if op[0] == "put" else op
+            for op in marshal.loads(msg[1:])]
 
 
 def encode_events(events: list[object]) -> bytes:
     """[class name, field values in order] each (the events are flat slotted dataclasses:
     `dataclasses.asdict` and its deep copies cost more than the call's other events)."""
-    return b"E" + json.dumps([[type(e).__name__, [getattr(e, f) for f in type(e).__slots__]]
-                              for e in events], separators=(",", ":")).encode()
+    return b"E" + marshal.dumps([[type(e).__name__, [getattr(e, f) for f in type(e).__slots__]]
+                                 for e in events])
 
 
 def decode_events(msg: bytes) -> list[object]:
     """The call events of b"E"; a name that is not a call event is skipped."""
     out = []
-    for name, values in json.loads(msg[1:]):
+    for name, values in marshal.loads(msg[1:]):
         kind = CALL_EVENTS.get(name)
         if kind is not None:
             out.append(kind(*values))

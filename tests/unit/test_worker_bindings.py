@@ -57,3 +57,22 @@ def test_the_daemon_passes_its_own_changes_at_once_and_a_worker_s_batch_whole() 
         await asyncio.sleep(0)  # nothing left for the end of the loop's turn
         assert [len(sent[1]), len(sent[2])] == [1, 2]
     asyncio.run(run())
+
+
+def test_each_kind_of_change_crosses_as_it_was_made() -> None:
+    """b"B" (marshal): every field of a new binding, odd text included, and the other
+    kinds as they were given."""
+    from appliance.workers import encode_ops
+    b = Binding("sip:101@[2001:db8::5]:5062;ob", 1_795_828_754.25, 'a"b\x1fc,]}', 2**31,
+                Peer("udp", "2001:db8::5", 5062), 0.5, ["<sip:p1;lr>", "<sip:p2;lr>"],
+                "Télé\u00e9phone/1.0 \x00")
+    ops = [["put", "101", b], ["ref", "101", b], ["del", "101", b.contact], ["clr", "102"]]
+    (msg,) = encode_ops(ops)
+    put, ref, gone, clr = decode_ops(msg)
+    got = put[2]
+    assert put[:2] == ["put", "101"]
+    assert (got.contact, got.expires_at, got.call_id, got.cseq, got.peer, got.q, got.path,
+            got.user_agent) == (b.contact, b.expires_at, b.call_id, b.cseq, b.peer, b.q,
+                                b.path, b.user_agent)
+    assert ref == ["ref", "101", b.contact, b.expires_at, b.call_id, b.cseq]
+    assert gone == ["del", "101", b.contact] and clr == ["clr", "102"]
