@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .memo import Memo
+
 __all__ = [
     "Challenge",
     "Credentials",
@@ -543,6 +545,12 @@ class DigestServer:
         self._realm_bytes = realm.encode()
         self._keyed = hashlib.blake2b(key=self._secret, digest_size=_MAC_LEN)
         self._dummy_password = secrets.token_hex(16)  # equal work for unknown users
+        # The nonces this server minted lately, with their (issue time, issuer): a phone
+        # answers a challenge within milliseconds, so its nonce is found here, the same
+        # string, without being decoded and its MAC computed again (12k of a
+        # registration's instructions). Bounded (appliance/sip/memo.py), since anyone can
+        # ask for challenges: a nonce no longer here is checked by its MAC, as before.
+        self._minted: Memo[tuple[float, int]] = Memo(4096)
         self._max_nonces = max_nonces
         # nonce -> (highest nc accepted, issue time), and the nonces in the order they were
         # first counted, oldest first: the table forgets from the front, one at a time. (The
@@ -568,7 +576,9 @@ class DigestServer:
         salt = (self.issuer << _COUNTER_BITS) | (next(self._salts) & _COUNTER_MASK)
         head = _TS.pack(now) + salt.to_bytes(_SALT_LEN, "big")
         mac = self._mac(head)
-        return _b64url_encode(head + mac)
+        nonce = _b64url_encode(head + mac)
+        self._minted.put(nonce, (now, self.issuer))  # what _nonce_origin would decode
+        return nonce
 
     def _mac(self, head: bytes) -> bytes:
         """Keyed BLAKE2b (RFC 7693 §2.5: a MAC by design), a third of HMAC-SHA256's cost;
@@ -584,6 +594,9 @@ class DigestServer:
 
     def _nonce_origin(self, nonce: str) -> tuple[float, int] | None:
         """(issue time, issuing process) of a nonce this box minted, from one decoding."""
+        minted = self._minted.get(nonce)
+        if minted is not None:
+            return minted
         if not _NONCE_RE.fullmatch(nonce):
             return None
         raw = _b64url_decode(nonce)

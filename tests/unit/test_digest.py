@@ -426,6 +426,34 @@ def test_a_nonce_names_its_process_and_only_that_process_counts_it():
     assert daemon.verify(mine, "REGISTER", lookup, T0) is Verdict.OK
 
 
+@pytest.mark.parametrize("issuer", [0, 3])
+def test_a_nonce_reads_the_same_from_the_minted_memo_and_from_its_mac(issuer):
+    """`DigestServer._minted` answers for the nonces minted lately: what it gives must be
+    what decoding the nonce gives (issue time, issuer), so every verdict is the same once
+    the nonce has left the memo and is checked by its MAC."""
+    server = make_server(issuer=issuer)
+    twin = make_server(issuer=issuer)  # same secret, nothing minted: decodes every nonce
+    kept = [login(server, now=T0 + 0.123456789 * i) for i in range(4)]
+    for creds in kept:
+        assert server._nonce_origin(creds.nonce) == twin._nonce_origin(creds.nonce)
+        assert server._nonce_origin(creds.nonce) is not None
+    for _ in range(2 * 4096 + 1):  # two generations of newer nonces
+        server.make_nonce(T0 + 1)
+    gone = kept[0].nonce
+    assert server._minted.get(gone) is None
+    assert server._nonce_origin(gone) == twin._nonce_origin(gone)
+    # fresh from the memo, and from the MAC after it left: OK once, then a replay; late: stale
+    fresh = login(server, now=T0 + 2)
+    assert server._minted.get(fresh.nonce) is not None
+    assert server.verify(fresh, "REGISTER", lookup, T0 + 2) is Verdict.OK
+    assert server.verify(fresh, "REGISTER", lookup, T0 + 2) is Verdict.FAIL
+    assert server.verify(kept[1], "REGISTER", lookup, T0 + 2) is Verdict.OK
+    late = T0 + 2 + server.nonce_ttl + 1
+    assert server.verify(kept[2], "REGISTER", lookup, late) is Verdict.STALE
+    other = make_server(issuer=issuer + 1)
+    assert other.verify(kept[3], "REGISTER", lookup, T0 + 2) is Verdict.FOREIGN
+
+
 def test_nonce_count_replay_protection():
     server = make_server()
     challenge = server.challenges(T0)[0]
