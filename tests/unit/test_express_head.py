@@ -20,42 +20,25 @@ CODES = {"via": 1, "from": 2, "to": 3, "call-id": 4, "cseq": 5, "contact": 6,
          "require": -1, "content-type": -1}
 
 
-def plain(data: bytes, method: str, table: HeaderTable) -> tuple | None:
-    """The reading before the slots: the same checks, each name by `table.code`."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    try:
-        text = data[:end].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    lines = text.split("\r\n")
-    if "\r" in "".join(lines) or "\n" in "".join(lines):
-        return None
-    first = lines[0]
-    start = len(method) + 1
-    if (len(first) < start + 8 or not first.startswith(method)
-            or first[start - 1] != " " or not first.endswith(" SIP/2.0")):
-        return None
-    ruri = first[start:-8]
-    if " " in ruri:
-        return None
+def plain(lines: list[str], table: HeaderTable) -> tuple | None:
+    """The reading before the slots, of the header `lines` of `request(lines)`: each
+    name by `table.code`, each value stripped of LWS."""
     values: list[str | None] = [None] * table.count
-    for line in lines[1:]:
+    for line in lines:
         if line[0] in " \t":
             return None
         colon = line.find(":")
         if colon <= 0:
             return None
         code = table.code(line[:colon])
-        if code <= 0:
-            if code == 0:
-                continue
+        if code < 0:
             return None
+        if code == 0:
+            continue
         if values[code] is not None:
             return None
         values[code] = line[colon + 1:].strip(" \t")
-    return ruri, values, len(data) - end - 4
+    return "sip:b", values, 0
 
 
 # Names that share a slot (length and first letter) with a kept one, or spell it otherwise.
@@ -78,8 +61,8 @@ def test_each_name_spacing_and_value_reads_as_the_plain_reading() -> None:
     table = HeaderTable(CODES)
     reference = HeaderTable(CODES)
     for name, (before, after), value in itertools.product(NAMES, SPACINGS, VALUES):
-        data = request([f"{name}:{before}{value}{after}"])
-        assert read_head(data, "REGISTER", table) == plain(data, "REGISTER", reference), data
+        lines = [f"{name}:{before}{value}{after}"]
+        assert read_head(request(lines), "REGISTER", table) == plain(lines, reference), lines
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -92,8 +75,7 @@ def test_heads_of_mixed_lines_read_as_the_plain_reading(seed: int) -> None:
         for _ in range(rng.randint(1, 7)):
             before, after = rng.choice(SPACINGS)
             lines.append(f"{rng.choice(NAMES)}:{before}{rng.choice(VALUES)}{after}")
-        data = request(lines)
-        assert read_head(data, "REGISTER", table) == plain(data, "REGISTER", reference), data
+        assert read_head(request(lines), "REGISTER", table) == plain(lines, reference), lines
 
 
 def test_a_name_sharing_a_slot_is_not_taken_for_the_kept_one() -> None:
