@@ -593,7 +593,8 @@ class DigestServer:
         return None if origin is None else origin[0]
 
     def _nonce_origin(self, nonce: str) -> tuple[float, int] | None:
-        """(issue time, issuing process) of a nonce this box minted, from one decoding."""
+        """(issue time, issuing process) of a nonce this box minted: from the memo of the
+        nonces minted here lately, or from one decoding and its MAC checked."""
         minted = self._minted.get(nonce)
         if minted is not None:
             return minted

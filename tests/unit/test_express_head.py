@@ -87,3 +87,19 @@ def test_a_name_sharing_a_slot_is_not_taken_for_the_kept_one() -> None:
     assert read is not None and read[1][1] == "a"
     read = read_head(request(["Vix: b", "VIA: a "]), "REGISTER", table)
     assert read is not None and read[1][1] == "a"
+
+
+@pytest.mark.parametrize("bare", ["\r", "\n"])
+def test_a_bare_cr_or_lf_anywhere_in_the_head_is_not_read(bare: str) -> None:
+    """§7.5: lines end with CRLF; a lone CR or LF anywhere gives the general path the
+    datagram (which refuses it)."""
+    text = "REGISTER sip:b SIP/2.0\r\nVia: a\r\nTo: b"
+    table = HeaderTable(CODES)
+    assert read_head((text + "\r\n\r\n").encode(), "REGISTER", table) is not None
+    for at in range(len(text) + 1):
+        data = (text[:at] + bare + text[at:] + "\r\n\r\n").encode()
+        if b"\r\n\r\n" in data[:-4] or data.endswith(b"\r\n\r\n\r\n"):
+            continue  # the bare one completed a CRLF: the head ends elsewhere
+        if bare == "\n" and text[at - 1:at] == "\r" or bare == "\r" and text[at:at + 1] == "\n":
+            continue  # it made a CRLF of a CR or LF next to it: not bare
+        assert read_head(data, "REGISTER", table) is None, data
