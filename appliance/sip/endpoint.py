@@ -325,16 +325,15 @@ def stamped_text(via: Via, peer: Peer, stamped: Via | None = None) -> str:
     instead of 17k (callgrind)."""
     text = via.text
     params = via.params
-    if text is None or "received" in params:
-        return str(stamped if stamped is not None else stamp_received(via, peer))
-    if "rport" in params and params["rport"] is None:
+    if text is not None and "received" not in params:
+        if "rport" not in params or params["rport"] is not None:
+            return f"{text};received={peer.host}"
         at = text.find(";rport;")
-        if at < 0:
-            if not text.endswith(";rport"):
-                return str(stamped if stamped is not None else stamp_received(via, peer))
+        if at < 0 and text.endswith(";rport"):
             at = len(text) - 6
-        text = f"{text[:at + 6]}={peer.port}{text[at + 6:]}"
-    return f"{text};received={peer.host}"
+        if at >= 0:
+            return f"{text[:at + 6]}={peer.port}{text[at + 6:]};received={peer.host}"
+    return str(stamped if stamped is not None else stamp_received(via, peer))
 
 
 def _stamp_via(req: Request, peer: Peer) -> None:

@@ -524,7 +524,8 @@ def parse_request_via(value: str) -> Via:
         via = _via_of_shape(value, cut)
         if via is not None:
             return via
-    return parse_via(value)
+    known = _VIAS.get(value)
+    return known if known is not None else _parse_via_fresh(value, cut)
 
 
 def _via_of_shape(value: str, cut: tuple[str, str]) -> Via | None:
