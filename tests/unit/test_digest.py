@@ -310,8 +310,8 @@ def test_good_credentials_ok_for_both_algorithms(alg):
 
 
 def test_wrong_password_and_unknown_user_fail_identically(monkeypatch):
-    server = make_server()
-    bad_password, unknown_user = login(server, password="nope"), login(server, user="alice")
+    """An unknown user costs what a wrong password costs, the first time (H(A1), H(A2),
+    the response) and again once H(A1) and H(A2) are remembered (the response only)."""
     hashed: list[bytes] = []
 
     def sha256(data: bytes):  # through the algorithm table, which compiled code reads too
@@ -319,16 +319,35 @@ def test_wrong_password_and_unknown_user_fail_identically(monkeypatch):
         return hashlib.sha256(data)
 
     monkeypatch.setitem(digest._ALGORITHMS, "SHA-256", (sha256, False))
-    wrong = server.verify(bad_password, "REGISTER", lookup, T0)
-    for_wrong = hashed[:]
-    hashed.clear()
-    unknown = server.verify(unknown_user, "REGISTER", {}.get, T0)
-    assert wrong is unknown is Verdict.FAIL
-    # The unknown user still costs a full response computation (HA1, HA2, response)...
-    assert len(hashed) == len(for_wrong) == 3
-    # ...with a password: HA1 = H(user:realm:password), the password not empty.
-    user, realm, password = hashed[0].decode().split(":", 2)
-    assert (user, realm) == ("alice", server.realm) and len(password) >= 16
+    work = {}
+    for case, user, password, users in (("wrong", "alice", "nope", lookup),
+                                        ("unknown", "carol", "x" * 16, {}.get)):
+        server = make_server()
+        for attempt in (1, 2):
+            creds = login(server, user="bob", password=password, nc=attempt)
+            creds.username = user  # as if computed for `user` (the digest fails anyway)
+            hashed.clear()
+            assert server.verify(creds, "REGISTER", users, T0) is Verdict.FAIL
+            work[case, attempt] = hashed[:]
+    assert {k: len(v) for k, v in work.items()} == {
+        ("wrong", 1): 3, ("wrong", 2): 1, ("unknown", 1): 3, ("unknown", 2): 1}
+    # The unknown user's H(A1) = H(user:realm:password), with a password not empty
+    user, realm, password = work["unknown", 1][0].decode().split(":", 2)
+    assert (user, realm) == ("carol", server.realm) and len(password) >= 16
+
+
+def test_remembered_ha1_follows_the_password_and_algorithm():
+    """H(A1) is remembered with the password and algorithm it came from: a new password
+    takes effect at the next request, and MD5 and SHA-256 answers both check."""
+    server = make_server()
+    passwords = {"alice": "s3cret"}
+    for alg in ("SHA-256", "MD5", "SHA-256"):
+        creds = login(server, alg=alg)
+        assert server.verify(creds, "REGISTER", passwords.get, T0) is Verdict.OK
+    passwords["alice"] = "changed"
+    assert server.verify(login(server), "REGISTER", passwords.get, T0) is Verdict.FAIL
+    creds = login(server, password="changed")
+    assert server.verify(creds, "REGISTER", passwords.get, T0) is Verdict.OK
 
 
 def test_wrong_method_realm_or_algorithm_fail():
