@@ -426,6 +426,25 @@ def parse_name_addr(value: str, where: str = "header") -> NameAddr:
     return _parse_name_addr(value, where)
 
 
+def name_addr_ok(value: str, where: str) -> bool:
+    """Whether parse_name_addr accepts `value`, for a reader that needs no parse (an
+    express path checking a request's From, whose tag is new in each call): a known
+    shape with a token for the tag answers without building a NameAddr or keeping the
+    text. (Kept, a From with a new tag each time turns `_NAME_ADDRS` over under load:
+    at 12,000 registrations/s parse_name_addr took 5.0% of the daemon's CPU, half of
+    it in that memo's lookups, missing in cold memory; this takes 2.6%: perf.)"""
+    gt = value.rfind(">")
+    cut = _cut_param(value, ";tag=", gt + 1)
+    if (cut is not None and _is_token_quick(cut[1])
+            and _NAME_ADDR_SHAPES.get(cut[0]) is not None):
+        return True
+    try:
+        parse_name_addr(value, where)
+    except ParseError:
+        return False
+    return True
+
+
 def _parse_name_addr(value: str, where: str) -> NameAddr:
     """The general parser behind parse_name_addr's fast path."""
     s = value.strip()

@@ -26,7 +26,7 @@ from .express import (
     scalar_ok,
 )
 from .memo import Memo
-from .message import SINGLE_HEADERS, ParseError, Via, parse_name_addr
+from .message import SINGLE_HEADERS, ParseError, Via, name_addr_ok, parse_name_addr
 from .uri import SipURI, TelURI, URIError, parse_uri
 
 # What the express path reads, by the header's lowercase full name; any other header it
@@ -124,9 +124,7 @@ def _checked(r: RegisterRequest, ruri: str) -> bool:
             return False
         r.contact = found[0]
         r.contact_params = found[1]
-    try:
-        parse_name_addr(r.from_, "From")
-    except ParseError:
+    if not name_addr_ok(r.from_, "From"):
         return False
     r.via = one_via(r.via_text)
     return r.via is not None and ruri_ok(ruri)
