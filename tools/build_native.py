@@ -40,6 +40,7 @@ MODULES = [
     "sip/express.py",
     "sip/register.py",
     "sip/endpoint.py",
+    "sip/transport.py",
     "sip/dialog.py",
     "pbx/location.py",
     "pbx/dialplan.py",

@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any, cast
 
 from . import reuseport
 from .message import KEEPALIVE, ParseError, StreamFramer
@@ -132,6 +133,9 @@ class Transports:
         self.local: dict[str, tuple[str, int]] = {}  # transport → (bind host, port)
         self.on_unframeable: Callable[[bytes, Peer, ParseError], None] | None = None
         self._udp_out: list[tuple[asyncio.DatagramTransport, bytes, tuple[str, int]]] = []
+        # An attribute, not only a method: a harness replaces it (a compiled class's
+        # methods cannot be assigned)
+        self.send: Callable[[Peer, bytes], None] = self.send_to
 
     # -- listeners ----------------------------------------------------------
     async def listen_udp(self, host: str, port: int, *, share: bool = False,
@@ -181,12 +185,14 @@ class Transports:
             lambda: _Stream(self, kind), host, port, ssl=ssl_context, reuse_address=True,
             backlog=1024)
         self._servers.append(server)
-        bound = server.sockets[0].getsockname()[1]
+        # Any: uvloop's `sockets` is a list where the stubs say tuple, and compiled code
+        # checks the declared type
+        bound = cast(Any, server).sockets[0].getsockname()[1]
         self.local[kind] = (host, bound)
         return bound
 
     # -- sending ------------------------------------------------------------
-    def send(self, peer: Peer, data: bytes) -> None:
+    def send_to(self, peer: Peer, data: bytes) -> None:
         if peer.transport == "udp":
             family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
             proto = self._udp.get(family)
