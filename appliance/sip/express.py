@@ -53,10 +53,11 @@ class HeaderTable:
         self.codes = codes
         self.count = max(codes.values()) + 1
         self._names: Memo[int] = Memo(2048)  # a name as written → its code, -2: not a token
-        # The last name looked up with each length and first and last letters, as
-        # written, and its code: a line with its colon at that length that starts with it has that
-        # name, found by `startswith` with no slice to hash (a phone spells its names
-        # the same way in every request). ":" matches no line: its name is not empty.
+        # The last name looked up in each slot (length, first and last letters), as
+        # written, and its code: a line with its colon at that length that starts with
+        # it has that name, found by `startswith` with no slice to hash (a phone spells
+        # its names the same way in every request). ":" matches no line: its name is
+        # not empty.
         self.spelled: list[str] = [":"] * _SPELLED_SLOTS
         self.spelled_code: list[int] = [0] * _SPELLED_SLOTS
 
