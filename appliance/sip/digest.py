@@ -730,7 +730,7 @@ class DigestServer:
         if one is not None and one[0] == algorithm and one[1] == password:
             ha1 = one[2]
         else:
-            ha1 = fn(f"{username}:{self.realm}:{password}".encode()).hexdigest()
+            ha1 = compute_ha1(algorithm, username, self.realm, password)
             self._ha1s.put(username, (algorithm, password, ha1))
         a2 = f"{method}:{creds.uri}"
         two = self._ha2s.get(a2)
