@@ -4,6 +4,7 @@
     .venv/bin/python bench/inprocess.py                   # 5 rounds of 4,000 calls
     .venv/bin/python bench/inprocess.py --phases          # and the time of each message
     .venv/bin/python bench/inprocess.py --without express_invite --without direct_log
+    .venv/bin/python bench/inprocess.py --registrations     # per registration instead
 
 One Pbx and Endpoint, configured as bench/run.py configures the daemon (two extensions,
 signalling only), with the transport replaced by a list. Each call is the bench's
@@ -20,6 +21,11 @@ compare medians: a single round varies by ±10% here. `--without` switches off, 
 A/B comparison in one build, the express challenge (`express_invite`: the general path
 answers every INVITE), the express ACK (`express_ack`: the general path takes the
 caller's ACK of the 200) or the direct log lines (`direct_log`: through `Logger.info`).
+
+`--registrations` measures the bench's registration instead (bench/sipp/register.xml:
+REGISTER, 401, REGISTER with credentials, 200), by 2,000 extensions in turn from one
+port as a SIPp process sends them, each with a new Call-ID, tag and branches: every
+one after the first 2,000 refreshes a binding. `--calls` is then registrations per round.
 """
 
 from __future__ import annotations
@@ -68,7 +74,9 @@ def _md5(text: str) -> str:
 
 
 class Box:
-    def __init__(self, without: set[str]) -> None:
+    def __init__(self, without: set[str], extensions: int = 0) -> None:
+        for n in range(3000, 3000 + extensions):  # as bench/run.py makes them
+            PASSWORDS[str(n)] = f"p{n}"
         cfg = default_config()
         cfg.extensions = {n: Extension(password=pw) for n, pw in PASSWORDS.items()}
         cfg.media.relay_extension_calls = False  # as bench/run.py: signalling only
@@ -93,6 +101,27 @@ class Box:
         return (f'{name}: Digest username="{user}",realm="{self.realm}",nonce="{nonce}",'
                 f'uri="{uri}",response="{response}",algorithm=MD5,cnonce="abcdef",qop=auth,'
                 f"nc=00000001\r\n")
+
+    def register(self, i: int, n: int) -> None:
+        """Registration `i` of extension 3000 + i mod n, as SIPp sends it."""
+        user = str(3000 + i % n)
+        head = ("REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:30000;branch=z9hG4bK-{i}-{{0}};rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1>;tag=1SIPpTag00{i}\r\n"
+                f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: {i}-reg@127.0.0.1\r\n"
+                f"CSeq: {{0}} REGISTER\r\nContact: <sip:{user}@127.0.0.1:30000>\r\n")
+        tail = "Expires: 3600\r\nUser-Agent: sipp-bench\r\nContent-Length: 0\r\n\r\n"
+        self.feed((head.format(1) + tail).encode(), CALLER)
+        nonce = _NONCE.search(self.sent[-1][1])[1].decode()
+        uri = "sip:127.0.0.1:5060"
+        ha1 = _md5(f"{user}:{self.realm}:{PASSWORDS[user]}")
+        response = _md5(f"{ha1}:{nonce}:00000001:6b8b4567:auth:{_md5(f'REGISTER:{uri}')}")
+        auth = (f'Authorization: Digest username="{user}",realm="{self.realm}",'
+                f'cnonce="6b8b4567",nc=00000001,qop=auth,uri="{uri}",nonce="{nonce}",'
+                f'response="{response}",algorithm=MD5\r\n')
+        self.feed((head.format(2) + auth + tail).encode(), CALLER)
+        assert self.sent[-1][1].startswith(b"SIP/2.0 200 "), self.sent[-1][1][:80]
+        self.sent.clear()
 
     def register_callee(self) -> None:
         def register(cseq: int, auth: str = "") -> bytes:
@@ -189,7 +218,7 @@ def _phase(data: bytes) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
-    box = Box(set(args.without))
+    box = Box(set(args.without), 2000 if args.registrations else 0)
     box.register_callee()
     box.call(0)
     gcpolicy.start()  # as the daemon after start-up
@@ -206,15 +235,25 @@ async def run(args: argparse.Namespace) -> None:
             spent[1] += elapsed
         box.feed = timed
     i = 1
+    what = "call"
+    one = box.call
+    if args.registrations:
+        what = "registration"
+
+        def one(i: int) -> None:
+            box.register(i, 2000)
+        box.register(0, 2000)
+        assert box.pbx.location.get("3000", "sip:3000@127.0.0.1:30000"), "not bound"
     for r in range(args.rounds):
         cpu = time.process_time()
         for _ in range(args.calls):
-            box.call(i)
+            one(i)
             i += 1
             if i % 50 == 0:
                 await asyncio.sleep(0)  # timers and the log's flush
         spent = time.process_time() - cpu
-        print(f"round {r + 1}: {spent / args.calls * 1e6:.1f} us of CPU per call", flush=True)
+        print(f"round {r + 1}: {spent / args.calls * 1e6:.1f} us of CPU per {what}",
+              flush=True)
     if args.phases:
         print(f"\n{'datagram':34} {'us each (wall)':>14}")
         for name, (n, t) in phases.items():
@@ -224,7 +263,10 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=4000, help="calls per round")
+    parser.add_argument("--calls", type=int, default=4000,
+                        help="calls (or registrations) per round")
+    parser.add_argument("--registrations", action="store_true",
+                        help="the bench's registration instead of its call")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--phases", action="store_true",
                         help="also time each datagram (wall clock, with the timing's cost)")
