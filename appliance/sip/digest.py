@@ -194,7 +194,7 @@ def _parse_params(value: str) -> dict[str, str]:
     return _parse_params_general(value)
 
 
-def _split_fast(value: str) -> dict[str, str] | None:
+def _split_fast(value: str, quoted: list[str] | None = None) -> dict[str, str] | None:
     """The items of `Digest ...` cut by position and checked as they are cut, no regular
     expression: a name from _FAST_NAMES, then "=" and a quoted value without a backslash
     (no quoted-pair to undo) or a token of printable characters without a space, quote,
@@ -204,7 +204,8 @@ def _split_fast(value: str) -> dict[str, str] | None:
     cost as much as the cutting.) The names and separators are checked exactly, so a
     backslash anywhere is in an item: the whole value is searched for one once. A quoted
     value is taken as the general parser takes it, any character but DQUOTE and
-    backslash; `isprintable`, ~25 instructions a character, checks the tokens only."""
+    backslash; `isprintable`, ~25 instructions a character, checks the tokens only.
+    `quoted`, if given, gets the names of the quoted items, in order."""
     if "\\" in value:
         return None
     params: dict[str, str] = {}
@@ -223,6 +224,8 @@ def _split_fast(value: str) -> dict[str, str] | None:
                 return None
             item = value[eq + 2 : close]
             pos = close + 1
+            if quoted is not None:
+                quoted.append(name)
         else:
             pos = value.find(",", eq + 1)
             if pos < 0:
@@ -406,28 +409,102 @@ def parse_challenge(value: str) -> Challenge:
 
 def parse_credentials(value: str) -> Credentials:
     """Parse an Authorization / Proxy-Authorization header value; DigestError on garbage."""
-    p = _parse_params(value)
-    _require(p, "username", "realm", "nonce", "uri", "response")
+    if "\\" not in value:
+        parts = value.split('"')
+        if len(parts) & 1:
+            shape = _SHAPES.get('""'.join(parts[0::2]))
+            if shape is not None:
+                p = _shaped(shape.items, parts)
+                if not shape.checked:
+                    return _credentials(p)
+                return Credentials(p["username"], p["realm"], p["nonce"], p["uri"],
+                                   p["response"], shape.algorithm, shape.qop,
+                                   p.get("cnonce"), shape.nc, p.get("opaque"), p)
+            creds = _credentials(_parse_params(value))
+            _learn(value, parts, creds)
+            return creds
+    return _credentials(_parse_params(value))
+
+
+def _credentials(p: dict[str, str]) -> Credentials:
+    if ("username" not in p or "realm" not in p or "nonce" not in p or "uri" not in p
+            or "response" not in p):
+        _require(p, "username", "realm", "nonce", "uri", "response")
     qop = p.get("qop")
     nc = p.get("nc")
     if qop is not None:
         qop = qop.lower()
-        _require(p, "cnonce", "nc")  # RFC 2617 §3.2.2: both MUST accompany qop
+        if "cnonce" not in p or nc is None:
+            _require(p, "cnonce", "nc")  # RFC 2617 §3.2.2: both MUST accompany qop
     if nc is not None and not _is_nc(nc):
         raise DigestError(f"nc must be 8 hex digits, got {nc!r}")
+    algorithm = p.get("algorithm")
     return Credentials(
         username=p["username"],
         realm=p["realm"],
         nonce=p["nonce"],
         uri=p["uri"],
         response=p["response"],
-        algorithm=normalize_algorithm(p.get("algorithm", "MD5")),
+        algorithm="MD5" if algorithm is None else normalize_algorithm(algorithm),
         qop=qop,
         cnonce=p.get("cnonce"),
         nc=nc,
         opaque=p.get("opaque"),
         params=p,
     )
+
+
+# Credentials by their shape: the value with the text inside its quotes taken out
+# (SIPp's: username, realm, cnonce, uri, nonce and response quoted, nc, qop and
+# algorithm tokens). A phone sends one shape for every user and every nonce, so a box
+# sees a few. `_split_fast` cuts a value only in its unquoted text (its names, "=",
+# tokens, separators; a quoted text ends at the next DQUOTE), so for two values of one
+# shape without a backslash it makes the same items but for the quoted texts, and
+# `split('"')` gives those. Bounded (appliance/sip/memo.py): values come from the network.
+class _Shape:
+    """A shape's items, in order: a name and its token, or None for the next quoted
+    text. `checked`: qop, nc and algorithm are tokens (or absent), so parse_credentials'
+    checks, which read only those and the names, came out as for the first value of the
+    shape, and their results are kept."""
+
+    __slots__ = ("items", "checked", "qop", "nc", "algorithm")
+
+    def __init__(self, items: list[tuple[str, str | None]], creds: Credentials) -> None:
+        self.items = items
+        tokens = {name for name, token in items if token is not None}
+        self.checked = all(name in tokens or name not in creds.params
+                           for name in ("qop", "nc", "algorithm"))
+        self.qop = creds.qop
+        self.nc = creds.nc
+        self.algorithm = creds.algorithm
+
+
+_SHAPES: Final[Memo[_Shape]] = Memo(256)
+
+
+def _shaped(shape: list[tuple[str, str | None]], parts: list[str]) -> dict[str, str]:
+    """The items of a value `parts` (its text split at DQUOTEs) of a known `shape`."""
+    params: dict[str, str] = {}
+    i = 1
+    for name, token in shape:
+        if token is None:
+            params[name] = parts[i]
+            i += 2
+        else:
+            params[name] = token
+    return params
+
+
+def _learn(value: str, parts: list[str], creds: Credentials) -> None:
+    """Keep the shape of a value `_split_fast` takes (`creds`, cut as `parts` at DQUOTEs):
+    each of its DQUOTEs opens or closes a quoted item, so `quoted` names the odd parts."""
+    quoted: list[str] = []
+    params = _split_fast(value, quoted) if value.startswith("Digest ") else None
+    if params is None:
+        return
+    names = set(quoted)
+    items = [(name, None if name in names else item) for name, item in params.items()]
+    _SHAPES.put('""'.join(parts[0::2]), _Shape(items, creds))
 
 
 # --- client side -------------------------------------------------------------------------------

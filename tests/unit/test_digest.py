@@ -587,3 +587,87 @@ def test_fast_param_parser_agrees_with_the_general_one():
             checked += 1
             fast += value.startswith("Digest ") and digest._split_fast(value) is not None
     assert checked > 10_000 and fast > 1_000
+
+
+def _credentials_of_old(value: str) -> Credentials:
+    """parse_credentials as it was before shapes: the general parser, then the checks."""
+    p = digest._parse_params_general(value)
+    for name in ("username", "realm", "nonce", "uri", "response"):
+        if name not in p:
+            raise DigestError(name)
+    qop = p.get("qop")
+    if qop is not None and ("cnonce" not in p or "nc" not in p):
+        raise DigestError("qop")
+    nc = p.get("nc")
+    if nc is not None and not (len(nc) == 8 and all(c in "0123456789abcdefABCDEF" for c in nc)):
+        raise DigestError("nc")
+    return Credentials(p["username"], p["realm"], p["nonce"], p["uri"], p["response"],
+                       digest.normalize_algorithm(p.get("algorithm", "MD5")),
+                       None if qop is None else qop.lower(), p.get("cnonce"), nc,
+                       p.get("opaque"), p)
+
+
+def test_credentials_of_a_known_shape_are_what_the_general_parser_makes():
+    """A value whose shape (its text outside the quotes) was seen before is cut at its
+    DQUOTEs by the shape's items: the same Credentials (params in the same order) or
+    the same refusal as the general parser, over SIPp's and other phones' spellings
+    and one-character mutations of them, inside the quotes and out; each variant
+    read twice, so that the second reading meets the shape the first one left."""
+    sipp = ('Digest username="3000",realm="appliance",cnonce="6b8b4567",nc=00000001,'
+            'qop=auth,uri="sip:127.0.0.1:5060",nonce="QdrCq_BHfN4AIUtI-tU3QoaHrCL9hApwI3j7",'
+            'response="0123456789abcdef0123456789abcdef",algorithm=MD5')
+    samples = [sipp, login(make_server(), alg="MD5").to_header(),
+               'Digest username="a", realm="r", nonce="", uri="sip:x", response="r", '
+               'qop="auth", nc=00000001, cnonce="c", opaque="o"',
+               'Digest username="a", realm="r", nonce="n", uri="sip:x", response="r"']
+    digest._SHAPES.clear()
+    checked = 0
+    for sample in samples:
+        variants = [sample]
+        for i in range(len(sample)):
+            for c in ' ",=\\\tAx':
+                variants += [sample[:i] + c + sample[i:], sample[:i] + c + sample[i + 1 :]]
+            variants.append(sample[:i] + sample[i + 1 :])
+        for value in variants:
+            try:
+                expected: object = _credentials_of_old(value)
+            except DigestError:
+                expected = DigestError
+            for _ in range(2):
+                try:
+                    got: object = parse_credentials(value)
+                except DigestError:
+                    got = DigestError
+                assert got == expected, value
+                if isinstance(got, Credentials):
+                    assert isinstance(expected, Credentials)
+                    assert list(got.params.items()) == list(expected.params.items()), value
+                checked += 1
+    assert checked > 5_000
+    # SIPp's one shape (and the others') is what every variant that kept it came back as
+    assert 0 < len(digest._SHAPES) < 2_000
+
+
+def test_the_shape_memo_is_what_a_known_shape_is_read_with():
+    """A stored shape is used (its items, not a fresh parse), keyed by the text outside
+    the quotes: so the test above exercised it."""
+    value = 'Digest username="u",realm="r",nonce="n",uri="sip:x",response="r1",nc=00000001'
+    digest._SHAPES.clear()
+    assert parse_credentials(value).response == "r1"
+    shape = 'Digest username="",realm="",nonce="",uri="",response="",nc=00000001'
+    known = digest._SHAPES.get(shape)
+    assert known is not None and known.checked and known.nc == "00000001"
+    assert known.items == [("username", None), ("realm", None), ("nonce", None),
+                           ("uri", None), ("response", None), ("nc", "00000001")]
+    other = value.replace('"r1"', '"r2"').replace('"u"', '"someone else"')
+    assert parse_credentials(other).username == "someone else"
+    assert parse_credentials(other).response == "r2"
+    # a planted shape says what its values read as: proof that the memo, not a parse, spoke
+    known.items = [("username", None), ("realm", None), ("nonce", None), ("uri", None),
+                   ("response", None), ("nc", "0000000f")]
+    assert parse_credentials(other).params["nc"] == "0000000f"
+    known.nc = "0000000e"  # the checked nc is kept with the shape, not read again
+    assert parse_credentials(other).nc == "0000000e"
+    digest._SHAPES.clear()
+    # a backslash anywhere leaves it to the general parser: quoted-pairs undone
+    assert parse_credentials(value.replace('"u"', '"a\\"b"')).username == 'a"b'
