@@ -157,8 +157,6 @@ class Registrar:
         if r is None or r.via is None:
             return False
         via = r.via
-        if ";tag=" in r.to.replace(" ", "").lower():
-            return False  # make_response would not add our tag
         pbx = self.pbx
         endpoint = pbx.endpoint
         layer = endpoint.layer

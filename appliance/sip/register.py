@@ -138,7 +138,10 @@ _TO_SEEN: Final[Memo[tuple[bool, str | None]]] = Memo(2048)
 def _aor(to: str) -> tuple[bool, str | None]:
     """(True, the user part) of a To value the general path accepts (None: a URI
     without one); False for one it refuses, or that carries a tag (a request within a
-    dialog: the general path answers 481)."""
+    dialog: the general path answers 481), or ";tag=" anywhere, spaced or in any case
+    (make_response would not add our tag to it)."""
+    if ";tag=" in to.replace(" ", "").lower():
+        return False, None
     try:
         value = parse_name_addr(to, "To")
         uri = parse_uri(value.uri)

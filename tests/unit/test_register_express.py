@@ -181,6 +181,14 @@ VIAS = [
 ]
 
 
+# To values with ";tag=" in them: a tag (a request within a dialog, §10.3 refuses it),
+# spaced or in capitals, and the same text in a display name or as a URI parameter,
+# which is no tag (the 200 adds ours)
+TOS = ['"x;tag=y" <sip:{user}@example.com>', "<sip:{user}@example.com;tag=u>",
+       "<sip:{user}@example.com> ; tag = z", "<sip:{user}@example.com>;TAG=z",
+       "sip:{user}@example.com;tag=z", "<sip:{user}@example.com;tag=u>;tag=v"]
+
+
 def _datagram(lines: list[str], n: int, auth: str | None) -> bytes:
     out = [line.replace("{n}", f"{n:08d}") for line in lines if line != "AUTH" or auth]
     return ("\r\n".join(auth if line == "AUTH" else line for line in out)
@@ -220,6 +228,10 @@ def _line_mutations(lines: list[str],
         if lines[i].startswith(("Via:", "v:")):
             for via in VIAS:
                 yield lines[:i] + [f"Via: {via}"] + lines[i + 1:]
+        if lines[i].startswith(("To:", "t:")):
+            user = _user(lines)
+            for to in TOS:
+                yield lines[:i] + ["To: " + to.replace("{user}", user)] + lines[i + 1:]
     for extra in extras:
         yield lines + [extra]
 
