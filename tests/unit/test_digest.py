@@ -552,6 +552,17 @@ def test_server_rejects_unsupported_algorithm():
         DigestServer(REALM, algorithms=("SHA-512",))
 
 
+def _mutations(sample: str, chars: str) -> list[str]:
+    """`sample`, and it with each of `chars` inserted or substituted at each place, and
+    with each character deleted."""
+    variants = [sample]
+    for i in range(len(sample)):
+        for c in chars:
+            variants += [sample[:i] + c + sample[i:], sample[:i] + c + sample[i + 1 :]]
+        variants.append(sample[:i] + sample[i + 1 :])
+    return variants
+
+
 def test_fast_param_parser_agrees_with_the_general_one():
     """The fast path for what phones send gives what the general parser gives, or steps
     aside: checked over typical headers and one-character mutations of them."""
@@ -569,12 +580,7 @@ def test_fast_param_parser_agrees_with_the_general_one():
     ]
     checked = fast = 0
     for sample in samples:
-        variants = [sample]
-        for i in range(len(sample)):
-            for c in ' ",=\\\tA\x00':
-                variants += [sample[:i] + c + sample[i:], sample[:i] + c + sample[i + 1 :]]
-            variants.append(sample[:i] + sample[i + 1 :])
-        for value in variants:
+        for value in _mutations(sample, ' ",=\\\tA\x00'):
             try:
                 expected = digest._parse_params_general(value)
             except DigestError:
@@ -623,12 +629,7 @@ def test_credentials_of_a_known_shape_are_what_the_general_parser_makes():
     digest._SHAPES.clear()
     checked = 0
     for sample in samples:
-        variants = [sample]
-        for i in range(len(sample)):
-            for c in ' ",=\\\tAx':
-                variants += [sample[:i] + c + sample[i:], sample[:i] + c + sample[i + 1 :]]
-            variants.append(sample[:i] + sample[i + 1 :])
-        for value in variants:
+        for value in _mutations(sample, ' ",=\\\tAx'):
             try:
                 expected: object = _credentials_of_old(value)
             except DigestError:
