@@ -409,10 +409,11 @@ def parse_challenge(value: str) -> Challenge:
 
 def parse_credentials(value: str) -> Credentials:
     """Parse an Authorization / Proxy-Authorization header value; DigestError on garbage."""
-    if "\\" not in value:
+    if "\\" not in value and value.startswith("Digest "):
         parts = value.split('"')
         if len(parts) & 1:
-            shape = _SHAPES.get('""'.join(parts[0::2]))
+            key = '""'.join(parts[0::2])
+            shape = _SHAPES.get(key)
             if shape is not None:
                 p = _shaped(shape.items, parts)
                 if not shape.checked:
@@ -420,8 +421,12 @@ def parse_credentials(value: str) -> Credentials:
                 return Credentials(p["username"], p["realm"], p["nonce"], p["uri"],
                                    p["response"], shape.algorithm, shape.qop,
                                    p.get("cnonce"), shape.nc, p.get("opaque"), p)
-            creds = _credentials(_parse_params(value))
-            _learn(value, parts, creds)
+            quoted: list[str] = []
+            fast = _split_fast(value, quoted)
+            if fast is None:
+                return _credentials(_parse_params_general(value))
+            creds = _credentials(fast)
+            _SHAPES.put(key, _Shape(fast, quoted, creds))
             return creds
     return _credentials(_parse_params(value))
 
@@ -469,10 +474,14 @@ class _Shape:
 
     __slots__ = ("items", "checked", "qop", "nc", "algorithm")
 
-    def __init__(self, items: list[tuple[str, str | None]], creds: Credentials) -> None:
-        self.items = items
-        tokens = {name for name, token in items if token is not None}
-        self.checked = all(name in tokens or name not in creds.params
+    items: list[tuple[str, str | None]]
+
+    def __init__(self, params: dict[str, str], quoted: list[str], creds: Credentials) -> None:
+        """The shape of a value `_split_fast` cut into `params`, `quoted` naming its
+        quoted items (each DQUOTE of such a value opens or closes one), read as `creds`."""
+        names = set(quoted)
+        self.items = [(name, None if name in names else item) for name, item in params.items()]
+        self.checked = all(name not in creds.params or name not in names
                            for name in ("qop", "nc", "algorithm"))
         self.qop = creds.qop
         self.nc = creds.nc
@@ -493,18 +502,6 @@ def _shaped(shape: list[tuple[str, str | None]], parts: list[str]) -> dict[str, 
         else:
             params[name] = token
     return params
-
-
-def _learn(value: str, parts: list[str], creds: Credentials) -> None:
-    """Keep the shape of a value `_split_fast` takes (`creds`, cut as `parts` at DQUOTEs):
-    each of its DQUOTEs opens or closes a quoted item, so `quoted` names the odd parts."""
-    quoted: list[str] = []
-    params = _split_fast(value, quoted) if value.startswith("Digest ") else None
-    if params is None:
-        return
-    names = set(quoted)
-    items = [(name, None if name in names else item) for name, item in params.items()]
-    _SHAPES.put('""'.join(parts[0::2]), _Shape(items, creds))
 
 
 # --- client side -------------------------------------------------------------------------------
