@@ -61,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,9 @@ class Settings:
     # appliance, as phones on many addresses spread over them)
     sipp_call_split_rate: int = 1000
     settle_s: float = 1.0             # pause between two rates
+    # a server resumed for its next step (the ladders are interleaved) first runs what
+    # came due while it was stopped, the timers of its earlier steps: this long, unloaded
+    resume_s: float = 2.0
 
 
 FULL = Settings(
@@ -175,6 +178,7 @@ def stop(proc: subprocess.Popen | None, grace: float = 5.0) -> int | None:
         return None
     if proc.poll() is None:
         _killpg(proc.pid, signal.SIGTERM)
+        _killpg(proc.pid, signal.SIGCONT)  # a paused server (`Server.pause`) takes it now
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)  # in case it left its process group
         try:
@@ -457,6 +461,17 @@ class Server:
 
     def stop(self) -> None:
         stop(self.proc, grace=8.0)
+
+    def pause(self) -> None:
+        """Stop every process of the server (SIGSTOP to its group) while another
+        server's step runs: what it still has to do (its earlier steps' timers) then
+        does not run beside that step, as load on the same two cores."""
+        if self.proc is not None and self.proc.poll() is None:
+            _killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _killpg(self.proc.pid, signal.SIGCONT)
 
     def pids(self) -> list[int]:
         if self.proc is None or self.proc.poll() is not None:
@@ -845,7 +860,17 @@ def sipp_ports(n: int, processes: int) -> list[int]:
 _sipp_ports: dict[int, list[int]] = {}
 
 
-def ladder(rates: list[int], run_one, label: str,
+def _log_step(label: str, step: Step, extra: str = "") -> None:
+    o = step.outcome
+    log(f"  {label:>9} {step.rate:>6}/s: {'pass' if step.ok else 'FAIL'} ({step.why}); "
+        f"{o['successful']}/{o['started']} ok, started {o['create_rate']:.0f}/s, "
+        f"tail {o['tail_s']:.2f} s, {o['retransmissions']} retransmissions, "
+        f"server {step.server_cpu_cores if step.server_cpu_cores is not None else '-'} "
+        f"cores, SIPp {step.sipp_cpu_cores} cores, {step.server_udp_drops} dropped, "
+        f"other processes {step.other_cpu_cores} cores{extra}")
+
+
+def ladder(rates: list[int], run_one: Callable[[int], Step], label: str,
            settle_s: float = 1.0) -> tuple[int | None, list[Step]]:
     """Run rising rates until one fails; returns the highest passing rate and all steps."""
     best = None
@@ -855,17 +880,63 @@ def ladder(rates: list[int], run_one, label: str,
             time.sleep(settle_s)  # let the previous step's stragglers and timers go by
         step = run_one(rate)
         steps.append(step)
-        o = step.outcome
-        log(f"  {label:>9} {rate:>6}/s: {'pass' if step.ok else 'FAIL'} ({step.why}); "
-            f"{o['successful']}/{o['started']} ok, started {o['create_rate']:.0f}/s, "
-            f"tail {o['tail_s']:.2f} s, {o['retransmissions']} retransmissions, "
-            f"server {step.server_cpu_cores if step.server_cpu_cores is not None else '-'} "
-            f"cores, SIPp {step.sipp_cpu_cores} cores, {step.server_udp_drops} dropped, "
-            f"other processes {step.other_cpu_cores} cores")
+        _log_step(label, step)
         if not step.ok:
             break
         best = rate
     return best, steps
+
+
+@dataclass
+class Climb:
+    """One server's ladder, climbed a step at a time between the other servers' steps."""
+    server: Server
+    run_one: Callable[[int], Step]
+    best: int | None = None
+    steps: list[Step] = field(default_factory=list)
+    catch_up_s: list[float] = field(default_factory=list)  # CPU seconds run in each resume
+    climbing: bool = True
+
+
+def interleaved_ladders(climbs: list[Climb], rates: list[int], settings: Settings) -> None:
+    """Every server's ladder at once, one rate at a time: each rate is offered to each
+    server still climbing, one after the other, before the next rate. This machine's
+    speed drifts by half within minutes (docs/performance.md); ladders run one after
+    another compared each server's top steps taken ten minutes apart, interleaved ones
+    take them within a minute. The servers not being loaded are paused (SIGSTOP), so
+    that what they still have to do does not run beside another server's step; a server
+    resumed for its step first gets `resume_s`, unloaded, to run what came due while it
+    was stopped (its CPU then is logged as "caught up", not counted in a step). A server
+    whose step fails is stopped: its ladder is over."""
+    for c in climbs:
+        c.server.pause()
+    try:
+        for rate in rates:
+            for c in [c for c in climbs if c.climbing]:
+                c.server.resume()
+                cpu0 = c.server.cpu()
+                time.sleep(settings.resume_s)
+                c.catch_up_s.append(round(c.server.cpu() - cpu0, 3))
+                step = c.run_one(rate)
+                c.server.pause()
+                c.steps.append(step)
+                _log_step(c.server.label, step, f"; caught up {c.catch_up_s[-1]:.2f} s CPU")
+                if step.ok:
+                    c.best = rate
+                else:
+                    c.climbing = False
+                    c.server.stop()
+            if not any(c.climbing for c in climbs):
+                break
+    finally:
+        for c in climbs:
+            c.server.resume()
+
+
+def climbed(c: Climb, rates: list[int]) -> dict[str, Any]:
+    return {"figure": c.best, "top_of_ladder": c.best == rates[-1],
+            "processes": c.server.processes, "steps": [asdict(s) for s in c.steps],
+            "caught_up_cpu_s": c.catch_up_s}
 
 
 # --- the sections ---------------------------------------------------------------------------------
@@ -938,21 +1009,23 @@ class Bench:
     # registrations --------------------------------------------------------------------------
     def registrations(self) -> None:
         res: dict[str, Any] = {}
-        for server in self.load_servers(self.reg_users, "registrations"):
-            log(f"registrations: {server.label}")
-            d = server.workdir
-            server.start()
-            try:
-                best, steps = ladder(self.s.reg_rates, lambda rate, server=server, d=d: load_step(
+        servers = self.load_servers(self.reg_users, "registrations")
+        log("registrations: " + ", ".join(s.label for s in servers) + ", interleaved")
+        climbs: list[Climb] = []
+        try:
+            for server in servers:
+                server.start()
+                climbs.append(Climb(server, lambda rate, server=server: load_step(
                     scenario="register.xml", target_port=server.port,
-                    csvs=self._reg_csvs(d, self._sipp_split(rate)), rate=rate,
-                    seconds=self.s.reg_seconds, hold_s=0.0, workdir=d, name="register",
-                    settings=self.s, server=server), server.label, self.s.settle_s)
-            finally:
+                    csvs=self._reg_csvs(server.workdir, self._sipp_split(rate)), rate=rate,
+                    seconds=self.s.reg_seconds, hold_s=0.0, workdir=server.workdir,
+                    name="register", settings=self.s, server=server)))
+            interleaved_ladders(climbs, self.s.reg_rates, self.s)
+        finally:
+            for server in servers:
                 server.stop()
-            res[server.name] = {"figure": best, "top_of_ladder": best == self.s.reg_rates[-1],
-                                "processes": server.processes,
-                                "steps": [asdict(s) for s in steps]}
+        for c in climbs:
+            res[c.server.name] = climbed(c, self.s.reg_rates)
         res.update(best_counts(res))
         res["sipp_ceiling"] = self._ceiling(
             "registrations", "register_server.xml", "register.xml",
@@ -997,12 +1070,14 @@ class Bench:
     def calls(self) -> None:
         res: dict[str, Any] = {}
         users = self.reg_users + self.callee_users
-        for server in self.load_servers(users, "calls"):
-            log(f"calls: {server.label}")
-            d = server.workdir
-            server.start()
-            callee = None
-            try:
+        servers = self.load_servers(users, "calls")
+        log("calls: " + ", ".join(s.label for s in servers) + ", interleaved")
+        callees: list[SippRun] = []
+        climbs: list[Climb] = []
+        try:
+            for server in servers:
+                d = server.workdir
+                server.start()
                 callee_port = free_udp_port()
                 # register every callee extension from the port the callee SIPp will answer on
                 csv = write_register_csv(d / "callees.csv", self.callee_users,
@@ -1017,22 +1092,23 @@ class Bench:
                                        f"{self.s.callees} callees registered; see {d}")
                 callee = start_sipp("call_callee.xml", workdir=d, name="callee",
                                     target_port=None, local_port=callee_port)
+                callees.append(callee)
                 time.sleep(0.5)
                 if callee.proc.poll() is not None:
                     raise RuntimeError(f"callee SIPp exited: see {d}/callee.err")
-                best, steps = ladder(self.s.call_rates, lambda rate, server=server, d=d: load_step(
+                climbs.append(Climb(server, lambda rate, server=server, d=d: load_step(
                     scenario="call_caller.xml", target_port=server.port,
                     csvs=self._caller_csvs(d, self._sipp_split(rate, "calls")),
                     rate=rate, seconds=self.s.call_seconds, hold_s=self.s.call_hold_s, workdir=d,
-                    name="caller", settings=self.s, server=server), server.label,
-                    self.s.settle_s)
-            finally:
-                if callee is not None:
-                    stop(callee.proc)
+                    name="caller", settings=self.s, server=server)))
+            interleaved_ladders(climbs, self.s.call_rates, self.s)
+        finally:
+            for callee in callees:
+                stop(callee.proc)
+            for server in servers:
                 server.stop()
-            res[server.name] = {"figure": best, "top_of_ladder": best == self.s.call_rates[-1],
-                                "processes": server.processes,
-                                "steps": [asdict(s) for s in steps]}
+        for c in climbs:
+            res[c.server.name] = climbed(c, self.s.call_rates)
         res.update(best_counts(res))
         res["sipp_ceiling"] = self._ceiling(
             "calls", "call_server.xml", "call_caller.xml",

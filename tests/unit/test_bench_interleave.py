@@ -1,0 +1,136 @@
+"""The bench's interleaved ladders (bench/run.py): each rate goes to every server still
+climbing before the next rate, the servers not being loaded are really stopped
+(SIGSTOP: state T in /proc), a server whose step fails gets no further step and is
+ended, and every process runs again (or is gone) afterwards."""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from bench.run import (
+    Climb,
+    Outcome,
+    Server,
+    Settings,
+    Step,
+    interleaved_ladders,
+    spawn,
+    stop,
+)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_state(pid: int, want: str, timeout: float = 2.0) -> str:
+    deadline = time.monotonic() + timeout
+    state = _state(pid)
+    while state != want and time.monotonic() < deadline:
+        time.sleep(0.01)
+        state = _state(pid)
+    return state
+
+
+class Sleeper(Server):
+    """A server that is only a process: `sleep`, in its own session, as the bench's are."""
+    name = "sleeper"
+
+    def __init__(self, workdir: Path, tag: str) -> None:
+        super().__init__(workdir, users=None, tag=tag)  # type: ignore[arg-type]
+        self.label = tag
+
+    def start(self) -> float:
+        self.proc = spawn(["sleep", "120"], self.workdir, "server")
+        return 0.0
+
+
+def _settings() -> Settings:
+    return Settings(reg_rates=[], reg_seconds=0, call_rates=[], call_seconds=0,
+                    ceiling_reg_extra=[], ceiling_call_extra=[], startup_samples=1,
+                    resume_s=0.0)
+
+
+def test_interleaved_ladders_pause_others_and_stop_the_failed(tmp_path: Path) -> None:
+    servers = [Sleeper(tmp_path, name) for name in ("a", "b", "c")]
+    fails_at = {"a": 300, "b": 10_000, "c": 200}
+    order: list[tuple[str, int]] = []
+    states: list[dict[str, str]] = []
+    try:
+        for s in servers:
+            s.start()
+
+        def run_one(server: Sleeper, rate: int) -> Step:
+            order.append((server.label, rate))
+            states.append({s.label: _wait_state(s.proc.pid, "S" if s is server else "T")
+                           for s in servers if s.proc.poll() is None})
+            ok = rate < fails_at[server.label]
+            return Step(rate, ok, "ok" if ok else "planted failure", asdict(Outcome()), 1, 0.0, 0.0)
+
+        climbs = [Climb(s, lambda rate, s=s: run_one(s, rate)) for s in servers]
+        interleaved_ladders(climbs, [100, 200, 300, 400], _settings())
+
+        assert order == [("a", 100), ("b", 100), ("c", 100),
+                         ("a", 200), ("b", 200), ("c", 200),
+                         ("a", 300), ("b", 300),
+                         ("b", 400)]
+        # during each step the loaded server runs (S: sleeping in its syscall, not
+        # stopped) and every other live one is stopped (T)
+        for (label, _), seen in zip(order, states, strict=True):
+            assert seen[label] == "S"
+            assert all(state == "T" for other, state in seen.items() if other != label), seen
+        assert [c.best for c in climbs] == [200, 400, 100]
+        assert [len(c.steps) for c in climbs] == [3, 4, 2]
+        assert [c.climbing for c in climbs] == [False, True, False]
+        # the failed ones were ended at their failure, the one left runs again
+        assert servers[0].proc.poll() == -signal.SIGTERM
+        assert servers[2].proc.poll() == -signal.SIGTERM
+        assert _wait_state(servers[1].proc.pid, "S") == "S"
+    finally:
+        for s in servers:
+            stop(s.proc, grace=2.0)
+
+
+def test_a_paused_server_is_stopped_by_stop(tmp_path: Path) -> None:
+    """`stop` ends a server left paused (SIGSTOP holds SIGTERM until SIGCONT)."""
+    s = Sleeper(tmp_path, "paused")
+    s.start()
+    try:
+        s.pause()
+        assert _wait_state(s.proc.pid, "T") == "T"
+        t0 = time.monotonic()
+        assert stop(s.proc, grace=5.0) == -signal.SIGTERM
+        assert time.monotonic() - t0 < 4.0   # by the SIGTERM, not the SIGKILL after grace
+    finally:
+        stop(s.proc, grace=1.0)
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_every_server_runs_again_after_an_error(tmp_path: Path, fail: bool) -> None:
+    """A step that raises leaves no server stopped (SIGSTOP) behind."""
+    servers = [Sleeper(tmp_path, name) for name in ("x", "y")]
+    try:
+        for s in servers:
+            s.start()
+
+        def run_one(rate: int) -> Step:
+            if fail:
+                raise RuntimeError("SIPp vanished")
+            return Step(rate, True, "ok", asdict(Outcome()), 1, 0.0, 0.0)
+
+        climbs = [Climb(s, run_one) for s in servers]
+        if fail:
+            with pytest.raises(RuntimeError):
+                interleaved_ladders(climbs, [100], _settings())
+        else:
+            interleaved_ladders(climbs, [100], _settings())
+        assert [_wait_state(s.proc.pid, "S") for s in servers] == ["S", "S"]
+    finally:
+        for s in servers:
+            stop(s.proc, grace=2.0)
