@@ -112,9 +112,13 @@ class Settings:
     # appliance, as phones on many addresses spread over them)
     sipp_call_split_rate: int = 1000
     settle_s: float = 1.0             # pause between two rates
-    # a server resumed for its next step (the ladders are interleaved) first runs what
-    # came due while it was stopped, the timers of its earlier steps: this long, unloaded
-    resume_s: float = 2.0
+    # A server resumed for its next step (the ladders are interleaved) first runs, unloaded,
+    # what came due while it was stopped: the timers of its earlier steps and, as it finds
+    # itself idle, the appliance's full collection (appliance/gcpolicy.py, up to ~0.5 s a
+    # process). Its step starts once it has used under 1% of a core for `quiet_s` (longer
+    # than the collector's one-second tick), or after `resume_max_s`.
+    quiet_s: float = 1.5
+    resume_max_s: float = 10.0
 
 
 FULL = Settings(
@@ -905,18 +909,16 @@ def interleaved_ladders(climbs: list[Climb], rates: list[int], settings: Setting
     another compared each server's top steps taken ten minutes apart, interleaved ones
     take them within a minute. The servers not being loaded are paused (SIGSTOP), so
     that what they still have to do does not run beside another server's step; a server
-    resumed for its step first gets `resume_s`, unloaded, to run what came due while it
-    was stopped (its CPU then is logged as "caught up", not counted in a step). A server
+    resumed for its step first runs, unloaded, what came due while it was stopped,
+    until it is quiet (its CPU then is logged as "caught up", not counted in
+    a step). A server
     whose step fails is stopped: its ladder is over."""
     for c in climbs:
         c.server.pause()
     try:
         for rate in rates:
             for c in [c for c in climbs if c.climbing]:
-                c.server.resume()
-                cpu0 = c.server.cpu()
-                time.sleep(settings.resume_s)
-                c.catch_up_s.append(round(c.server.cpu() - cpu0, 3))
+                c.catch_up_s.append(round(_resume_until_quiet(c.server, settings), 3))
                 step = c.run_one(rate)
                 c.server.pause()
                 c.steps.append(step)
@@ -931,6 +933,26 @@ def interleaved_ladders(climbs: list[Climb], rates: list[int], settings: Setting
     finally:
         for c in climbs:
             c.server.resume()
+
+
+def _resume_until_quiet(server: Server, settings: Settings, poll_s: float = 0.25) -> float:
+    """Resume a paused server and wait until it has used under 1% of a core for
+    `settings.quiet_s` (at most `settings.resume_max_s`); the CPU seconds it used."""
+    server.resume()
+    t0 = time.monotonic()
+    cpu0 = server.cpu()
+    samples = [(t0, cpu0)]
+    while True:
+        now, cpu = time.monotonic(), server.cpu()
+        samples.append((now, cpu))
+        while len(samples) > 1 and samples[1][0] <= now - settings.quiet_s:
+            samples.pop(0)   # samples[0]: the latest one at least quiet_s old
+        start_t, start_cpu = samples[0]
+        if now - start_t >= settings.quiet_s and cpu - start_cpu <= 0.01 * (now - start_t):
+            return cpu - cpu0
+        if now - t0 >= settings.resume_max_s:
+            return cpu - cpu0
+        time.sleep(poll_s)
 
 
 def climbed(c: Climb, rates: list[int]) -> dict[str, Any]:

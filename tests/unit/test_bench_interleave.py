@@ -6,6 +6,7 @@ ended, and every process runs again (or is gone) afterwards."""
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,7 @@ from bench.run import (
     Server,
     Settings,
     Step,
+    _resume_until_quiet,
     interleaved_ladders,
     spawn,
     stop,
@@ -54,7 +56,7 @@ class Sleeper(Server):
 def _settings() -> Settings:
     return Settings(reg_rates=[], reg_seconds=0, call_rates=[], call_seconds=0,
                     ceiling_reg_extra=[], ceiling_call_extra=[], startup_samples=1,
-                    resume_s=0.0)
+                    quiet_s=0.0)
 
 
 def test_interleaved_ladders_pause_others_and_stop_the_failed(tmp_path: Path) -> None:
@@ -134,3 +136,50 @@ def test_every_server_runs_again_after_an_error(tmp_path: Path, fail: bool) -> N
     finally:
         for s in servers:
             stop(s.proc, grace=2.0)
+
+
+class Burner(Sleeper):
+    """Busy for `busy_s` of CPU, then asleep: what came due while it was paused."""
+
+    def __init__(self, workdir: Path, tag: str, busy_s: float) -> None:
+        super().__init__(workdir, tag)
+        self.busy_s = busy_s
+
+    def start(self) -> float:
+        code = ("import time\n"
+                f"while time.process_time() < {self.busy_s}: pass\n"
+                "time.sleep(120)\n")
+        self.proc = spawn([sys.executable, "-c", code], self.workdir, "server")
+        return 0.0
+
+
+def test_a_resumed_server_runs_until_quiet(tmp_path: Path) -> None:
+    s = Burner(tmp_path, "burner", busy_s=0.6)
+    s.start()
+    try:
+        s.pause()
+        assert _wait_state(s.proc.pid, "T") == "T"
+        settings = _settings()
+        settings.quiet_s, settings.resume_max_s = 0.5, 20.0
+        t0 = time.monotonic()
+        used = _resume_until_quiet(s, settings, poll_s=0.05)
+        took = time.monotonic() - t0
+        # it ran what was left of its 0.6 s of CPU, then stayed quiet for 0.5 s
+        assert 0.3 < used < 1.0
+        assert took >= used + 0.5
+    finally:
+        stop(s.proc, grace=2.0)
+
+
+def test_a_server_that_never_quiets_down_is_loaded_after_resume_max_s(tmp_path: Path) -> None:
+    s = Burner(tmp_path, "forever", busy_s=1e9)
+    s.start()
+    try:
+        settings = _settings()
+        settings.quiet_s, settings.resume_max_s = 0.5, 1.0
+        t0 = time.monotonic()
+        used = _resume_until_quiet(s, settings, poll_s=0.05)
+        assert 1.0 <= time.monotonic() - t0 < 3.0
+        assert used > 0.5
+    finally:
+        stop(s.proc, grace=2.0)
