@@ -36,8 +36,11 @@ the server kept up: the last scenario completed at most max(0.5 s, 5% of the ste
 load ended (plus the 1 s talk time for calls). (3) catches a server that falls behind and
 only gets through thanks to SIPp's UDP retransmissions, which (1) alone would let pass.
 
-Each section starts fresh server processes. Every process started is stopped by its process
-group id, also on Ctrl-C or an error. Results: one table on stdout and
+Each section starts fresh server processes, all of its servers at once, and climbs their
+ladders interleaved: each rate goes to every server still climbing before the next rate, the
+others paused (SIGSTOP), so that the servers' steps at a rate come from the same minute of a
+machine whose speed drifts (`interleaved_ladders`). Every process started is stopped by its
+process group id, also on Ctrl-C or an error. Results: one table on stdout and
 bench/results/<timestamp>.json plus bench/results/latest.json.
 """
 
@@ -904,7 +907,8 @@ class Climb:
 
 def interleaved_ladders(climbs: list[Climb], rates: list[int], settings: Settings) -> None:
     """Every server's ladder at once, one rate at a time: each rate is offered to each
-    server still climbing, one after the other, before the next rate. This machine's
+    server still climbing, one after the other (in turn forwards and backwards), before
+    the next rate. This machine's
     speed drifts by half within minutes (docs/performance.md); ladders run one after
     another compared each server's top steps taken ten minutes apart, interleaved ones
     take them within a minute. The servers not being loaded are paused (SIGSTOP), so
@@ -916,8 +920,10 @@ def interleaved_ladders(climbs: list[Climb], rates: list[int], settings: Setting
     for c in climbs:
         c.server.pause()
     try:
-        for rate in rates:
-            for c in [c for c in climbs if c.climbing]:
+        for i, rate in enumerate(rates):
+            # every other rate in the reverse order: a machine that speeds up or slows
+            # down through a round favours neither the first server nor the last
+            for c in [c for c in (climbs if i % 2 == 0 else climbs[::-1]) if c.climbing]:
                 c.catch_up_s.append(round(_resume_until_quiet(c.server, settings), 3))
                 step = c.run_one(rate)
                 c.server.pause()

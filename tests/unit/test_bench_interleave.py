@@ -1,5 +1,5 @@
 """The bench's interleaved ladders (bench/run.py): each rate goes to every server still
-climbing before the next rate, the servers not being loaded are really stopped
+climbing, in turn forwards and backwards, before the next rate, the servers not being loaded are really stopped
 (SIGSTOP: state T in /proc), a server whose step fails gets no further step and is
 ended, and every process runs again (or is gone) afterwards."""
 
@@ -78,8 +78,9 @@ def test_interleaved_ladders_pause_others_and_stop_the_failed(tmp_path: Path) ->
         climbs = [Climb(s, lambda rate, s=s: run_one(s, rate)) for s in servers]
         interleaved_ladders(climbs, [100, 200, 300, 400], _settings())
 
+        # forwards, backwards, forwards...: c failed at 200 and a at 300
         assert order == [("a", 100), ("b", 100), ("c", 100),
-                         ("a", 200), ("b", 200), ("c", 200),
+                         ("c", 200), ("b", 200), ("a", 200),
                          ("a", 300), ("b", 300),
                          ("b", 400)]
         # during each step the loaded server runs (S: sleeping in its syscall, not
