@@ -908,15 +908,14 @@ class Climb:
 def interleaved_ladders(climbs: list[Climb], rates: list[int], settings: Settings) -> None:
     """Every server's ladder at once, one rate at a time: each rate is offered to each
     server still climbing, one after the other (in turn forwards and backwards), before
-    the next rate. This machine's
-    speed drifts by half within minutes (docs/performance.md); ladders run one after
-    another compared each server's top steps taken ten minutes apart, interleaved ones
-    take them within a minute. The servers not being loaded are paused (SIGSTOP), so
-    that what they still have to do does not run beside another server's step; a server
-    resumed for its step first runs, unloaded, what came due while it was stopped,
-    until it is quiet (its CPU then is logged as "caught up", not counted in
-    a step). A server
-    whose step fails is stopped: its ladder is over."""
+    the next rate. This machine's speed drifts by half within minutes
+    (docs/performance.md); ladders run one after another compared each server's top
+    steps taken minutes apart, interleaved ones take them within a minute. The servers
+    not being loaded are paused (SIGSTOP), so that what they still have to do does not
+    run beside another server's step; a server resumed for its step first runs,
+    unloaded, what came due while it was stopped, until it is quiet (that CPU is logged
+    as "caught up", not counted in a step). A server whose step fails is stopped: its
+    ladder is over."""
     for c in climbs:
         c.server.pause()
     try:
