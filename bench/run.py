@@ -119,7 +119,8 @@ class Settings:
     # what came due while it was stopped: the timers of its earlier steps and, as it finds
     # itself idle, the appliance's full collection (appliance/gcpolicy.py, up to ~0.5 s a
     # process). Its step starts once it has used under 1% of a core for `quiet_s` (longer
-    # than the collector's one-second tick), or after `resume_max_s`.
+    # than the collector's one-second tick), or after `resume_max_s`; Kamailio's no
+    # earlier than its `resume_min_s`, once its clock has caught up with the real time.
     quiet_s: float = 1.5
     resume_max_s: float = 10.0
 
@@ -433,6 +434,8 @@ def split(items: list[str], parts: int) -> list[list[str]]:
 class Server:
     name = "server"
     label = "server"
+    # a resumed server is loaded no earlier than this after its SIGCONT (see Kamailio's)
+    resume_min_s = 0.0
 
     def __init__(self, workdir: Path, users: Users, tag: str) -> None:
         self.workdir = workdir / f"{self.name}-{tag}"
@@ -574,6 +577,13 @@ class Appliance(Server):
 class Kamailio(Server):
     name = "kamailio"
     label = "Kamailio"
+    # Kamailio keeps time in ticks of its SIGALRM timer (src/core/timer.c), which a
+    # stopped process does not take; every 5 s of ticks (TIMER_RESYNC_TICKS) it compares
+    # them with the real time and jumps them ahead (adjust_ticks). So after a pause its
+    # clock lags by the pause until that resync, up to 5 s after the resume, quietly;
+    # then every timer of what is in flight fires at once: a BYE it forwarded a moment
+    # before gets 408 Request Timeout. Its step starts after that resync.
+    resume_min_s = 5.5
 
     def __init__(self, workdir: Path, users: Users, tag: str, settings: Settings,
                  workers: int | None = None) -> None:
@@ -913,9 +923,9 @@ def interleaved_ladders(climbs: list[Climb], rates: list[int], settings: Setting
     steps taken minutes apart, interleaved ones take them within a minute. The servers
     not being loaded are paused (SIGSTOP), so that what they still have to do does not
     run beside another server's step; a server resumed for its step first runs,
-    unloaded, what came due while it was stopped, until it is quiet (that CPU is logged
-    as "caught up", not counted in a step). A server whose step fails is stopped: its
-    ladder is over."""
+    unloaded, what came due while it was stopped, until it is quiet and its clock has
+    caught up (`Server.resume_min_s`; that CPU is logged as "caught up", not counted
+    in a step). A server whose step fails is stopped: its ladder is over."""
     for c in climbs:
         c.server.pause()
     try:
@@ -942,7 +952,8 @@ def interleaved_ladders(climbs: list[Climb], rates: list[int], settings: Setting
 
 def _resume_until_quiet(server: Server, settings: Settings, poll_s: float = 0.25) -> float:
     """Resume a paused server and wait until it has used under 1% of a core for
-    `settings.quiet_s` (at most `settings.resume_max_s`); the CPU seconds it used."""
+    `settings.quiet_s`, and at least `server.resume_min_s` (at most `settings.resume_max_s`
+    or that minimum); the CPU seconds it used."""
     server.resume()
     t0 = time.monotonic()
     cpu0 = server.cpu()
@@ -953,9 +964,11 @@ def _resume_until_quiet(server: Server, settings: Settings, poll_s: float = 0.25
         while len(samples) > 1 and samples[1][0] <= now - settings.quiet_s:
             samples.pop(0)   # samples[0]: the latest one at least quiet_s old
         start_t, start_cpu = samples[0]
-        if now - start_t >= settings.quiet_s and cpu - start_cpu <= 0.01 * (now - start_t):
+        waited = now - t0
+        if (waited >= server.resume_min_s and now - start_t >= settings.quiet_s
+                and cpu - start_cpu <= 0.01 * (now - start_t)):
             return cpu - cpu0
-        if now - t0 >= settings.resume_max_s:
+        if waited >= max(settings.resume_max_s, server.resume_min_s):
             return cpu - cpu0
         time.sleep(poll_s)
 

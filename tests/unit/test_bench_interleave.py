@@ -184,3 +184,67 @@ def test_a_server_that_never_quiets_down_is_loaded_after_resume_max_s(tmp_path: 
         assert used > 0.5
     finally:
         stop(s.proc, grace=2.0)
+
+
+class TickClock(Sleeper):
+    """Kamailio's clock in small (its src/core/timer.c): time counted in ticks of 50 ms
+    sleeps, which a stopped process does not take, compared with the real time every
+    20 ticks; a lag over 0.3 s is made up at once, and the timers that expire with it
+    cost 0.3 s of CPU. Each comparison appends a line to `checks`."""
+
+    def __init__(self, workdir: Path, tag: str) -> None:
+        super().__init__(workdir, tag)
+        self.checks = workdir / f"{tag}.checks"
+
+    def start(self) -> float:
+        code = ("import time\n"
+                "ticks, last = 0, time.monotonic()\n"
+                "while True:\n"
+                "    time.sleep(0.05)\n"
+                "    ticks += 1\n"
+                "    if ticks % 20 == 0:\n"
+                "        now = time.monotonic()\n"
+                "        if now - last - 1.0 > 0.3:\n"
+                "            end = time.process_time() + 0.3\n"
+                "            while time.process_time() < end: pass\n"
+                "        last = now\n"
+                f"        with open({str(self.checks)!r}, 'a') as f: f.write('check\\n')\n")
+        self.proc = spawn([sys.executable, "-c", code], self.workdir, "server")
+        return 0.0
+
+    def count(self) -> int:
+        try:
+            return self.checks.read_text().count("check")
+        except FileNotFoundError:
+            return 0
+
+
+def test_a_resumed_server_with_a_tick_clock_is_loaded_after_its_resync(tmp_path: Path) -> None:
+    """Quiet is not enough for a server whose clock lags until its next resync: that
+    comes up to a resync interval after the resume, and the timers it expires must not
+    fall into the step (Kamailio's `resume_min_s`)."""
+    s = TickClock(tmp_path, "ticks")
+    s.resume_min_s = 1.3   # one resync interval (20 ticks of 50 ms) and a margin
+    s.start()
+    try:
+        deadline = time.monotonic() + 10.0
+        while s.count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen = s.count()
+        while s.count() == seen and time.monotonic() < deadline:
+            time.sleep(0.005)
+        s.pause()          # just after a resync: the next one is 20 ticks after the resume
+        assert _wait_state(s.proc.pid, "T") == "T"
+        checks = s.count()
+        time.sleep(1.0)    # the lag the next resync finds
+        settings = _settings()
+        settings.quiet_s, settings.resume_max_s = 0.3, 10.0
+        t0 = time.monotonic()
+        used = _resume_until_quiet(s, settings, poll_s=0.05)
+        took = time.monotonic() - t0
+        # its resync ran (made up the lag, burnt its 0.3 s) before the step would start
+        assert s.count() == checks + 1
+        assert 0.2 < used < 0.6
+        assert took >= 1.3
+    finally:
+        stop(s.proc, grace=2.0)
