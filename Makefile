@@ -4,12 +4,12 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 DATA ?= ./var
-DEB_TEST_PKGS := sip-tester baresip-core
+DEB_TEST_PKGS := sip-tester baresip-core iproute2
 DEB_BASE_PKGS := python3-venv openssl
 
 PROMPTS_DIR := appliance/media/voice
 
-DEB_BENCH_PKGS := sip-tester kamailio
+DEB_BENCH_PKGS := sip-tester kamailio iproute2
 BENCH_ARGS ?=
 
 .PHONY: run test bench venv deb-test deb-bench prompts native lint clean

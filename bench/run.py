@@ -78,7 +78,7 @@ MD5_FIRST = BENCH / "appliance_md5_first.py"
 THROWAWAY = BENCH / "throwaway_registrar.py"
 LOOPBACK = "127.0.0.1"
 
-DEB_PACKAGES = {"sipp": "sip-tester", "kamailio": "kamailio"}
+DEB_PACKAGES = {"sipp": "sip-tester", "kamailio": "kamailio", "ss": "iproute2"}
 SIPP_SOCKET_BUFFER = 4 * 1024 * 1024  # SIPp's default is 64 KB: bursts of answers get dropped
 
 # --- settings ---------------------------------------------------------------------------------
@@ -322,6 +322,18 @@ def udp_drops(port: int, pids: list[int] | None = None) -> int:
     return drops
 
 
+def udp_receive_buffers(port: int) -> list[int]:
+    """The receive buffers the kernel granted the UDP sockets bound to this port on
+    127.0.0.1, in bytes (`ss -m`'s rb: twice what the process asked for, as far as
+    net.core.rmem_max allows); [] without `ss` or such a socket."""
+    try:
+        out = subprocess.run(["ss", "-H", "-u", "-a", "-n", "-m", f"src {LOOPBACK}:{port}"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted(int(rb) for rb in re.findall(r"\brb(\d+)", out))
+
+
 def process_cpu_table() -> dict[int, tuple[int, float]]:
     """pid -> (process group, CPU seconds used so far) for every process on the machine."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -445,6 +457,7 @@ class Server:
         self.port = free_udp_port(also_tcp=True)
         self.proc: subprocess.Popen | None = None
         self.started_in: float | None = None
+        self.receive_buffer: int | None = None   # bytes, the smallest of its SIP sockets'
 
     @property
     def processes(self) -> int:
@@ -471,6 +484,12 @@ class Server:
 
     def stop(self) -> None:
         stop(self.proc, grace=8.0)
+
+    def measure_receive_buffer(self) -> int | None:
+        """What the kernel granted its SIP port: a server with the smaller buffer drops
+        a burst the other queues, and a drop fails a step."""
+        self.receive_buffer = min(udp_receive_buffers(self.port), default=None)
+        return self.receive_buffer
 
     def pause(self) -> None:
         """Stop every process of the server (SIGSTOP to its group) while another
@@ -976,7 +995,17 @@ def _resume_until_quiet(server: Server, settings: Settings, poll_s: float = 0.25
 def climbed(c: Climb, rates: list[int]) -> dict[str, Any]:
     return {"figure": c.best, "top_of_ladder": c.best == rates[-1],
             "processes": c.server.processes, "steps": [asdict(s) for s in c.steps],
-            "caught_up_cpu_s": c.catch_up_s}
+            "caught_up_cpu_s": c.catch_up_s,
+            "udp_receive_buffer_bytes": c.server.receive_buffer}
+
+
+def log_receive_buffers(servers: list[Server]) -> None:
+    log("  UDP receive buffers granted (ss -m): " + ", ".join(
+        f"{s.label} {_mb_text(s.receive_buffer)}" for s in servers))
+
+
+def _mb_text(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 1048576:.1f} MB"
 
 
 # --- the sections ---------------------------------------------------------------------------------
@@ -1055,11 +1084,13 @@ class Bench:
         try:
             for server in servers:
                 server.start()
+                server.measure_receive_buffer()
                 climbs.append(Climb(server, lambda rate, server=server: load_step(
                     scenario="register.xml", target_port=server.port,
                     csvs=self._reg_csvs(server.workdir, self._sipp_split(rate)), rate=rate,
                     seconds=self.s.reg_seconds, hold_s=0.0, workdir=server.workdir,
                     name="register", settings=self.s, server=server)))
+            log_receive_buffers(servers)
             interleaved_ladders(climbs, self.s.reg_rates, self.s)
         finally:
             for server in servers:
@@ -1118,6 +1149,7 @@ class Bench:
             for server in servers:
                 d = server.workdir
                 server.start()
+                server.measure_receive_buffer()
                 callee_port = free_udp_port()
                 # register every callee extension from the port the callee SIPp will answer on
                 csv = write_register_csv(d / "callees.csv", self.callee_users,
@@ -1141,6 +1173,7 @@ class Bench:
                     csvs=self._caller_csvs(d, self._sipp_split(rate, "calls")),
                     rate=rate, seconds=self.s.call_seconds, hold_s=self.s.call_hold_s, workdir=d,
                     name="caller", settings=self.s, server=server)))
+            log_receive_buffers(servers)
             interleaved_ladders(climbs, self.s.call_rates, self.s)
         finally:
             for callee in callees:
@@ -1497,6 +1530,23 @@ def cpu_per_operation(results: dict[str, Any]) -> list[str]:
     return notes
 
 
+def receive_buffer_notes(results: dict[str, Any]) -> list[str]:
+    """The UDP receive buffers the servers had, and a warning where they differed."""
+    notes = []
+    for key in ("registrations", "calls"):
+        got = {name: r["udp_receive_buffer_bytes"]
+               for name, r in results.get(key, {}).items()
+               if isinstance(r, dict) and "udp_receive_buffer_bytes" in r}
+        if not got:
+            continue
+        notes.append(f"UDP receive buffer, {key}: " + ", ".join(
+            f"{name.replace('_', ' ')} {_mb_text(n)}" for name, n in got.items()))
+        if len(set(got.values())) > 1:
+            notes.append(f"WARNING: the servers' UDP receive buffers differed ({key}): "
+                         "the one with less drops a burst the others queue")
+    return notes
+
+
 def other_load(results: dict[str, Any]) -> float:
     """The most CPU that other processes on the machine used during a load step."""
     worst = 0.0
@@ -1543,6 +1593,7 @@ def render(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
                 text = f">= {fig:,}/s" if c.get("all_passed") else f"{fig:,}/s"
             notes.append(f"SIPp ceiling, {key} (SIPp against SIPp, same scenario): {text}")
     notes += cpu_per_operation(results)
+    notes += receive_buffer_notes(results)
     m = results.get("memory", {})
     if "kamailio_measure" in m:
         notes.append(f"memory: appliance = {m['appliance_measure']}; Kamailio = "
