@@ -485,11 +485,10 @@ class Server:
     def stop(self) -> None:
         stop(self.proc, grace=8.0)
 
-    def measure_receive_buffer(self) -> int | None:
+    def measure_receive_buffer(self) -> None:
         """What the kernel granted its SIP port: a server with the smaller buffer drops
         a burst the other queues, and a drop fails a step."""
         self.receive_buffer = min(udp_receive_buffers(self.port), default=None)
-        return self.receive_buffer
 
     def pause(self) -> None:
         """Stop every process of the server (SIGSTOP to its group) while another
@@ -1005,7 +1004,7 @@ def log_receive_buffers(servers: list[Server]) -> None:
 
 
 def _mb_text(n: int | None) -> str:
-    return "unknown" if n is None else f"{n / 1048576:.1f} MB"
+    return "unknown" if n is None else f"{_mb(n // 1024)} MB"
 
 
 # --- the sections ---------------------------------------------------------------------------------
