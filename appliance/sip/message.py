@@ -847,6 +847,11 @@ class Response(Message):
 
 # -- parsing ------------------------------------------------------------------
 
+# A tuple, not `bytes | bytearray | memoryview`: compiled, the union was built anew in
+# every call (two `|` operations, ~900 instructions a message, callgrind).
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)
+
+
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
     end = data.find(b"\r\n\r\n")
     if end >= 0:
@@ -859,7 +864,7 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 
 def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     """Parse one message. On datagrams, Content-Length bounds the body (§18.3)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if not isinstance(data, _BYTES_LIKE):
         raise ParseError("Not bytes")
     if data[:1] in (b"\r", b"\n") or not isinstance(data, bytes):
         data = bytes(data).lstrip(b"\r\n")  # §7.5: CRLFs before the start line are ignored
