@@ -261,9 +261,12 @@ def proc_pids_in_group(pgid: int) -> list[int]:
     return [pid for pid, fields_ in proc_stats() if int(fields_[2]) == pgid]  # 5: pgrp
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """The processes' CPU seconds in user space and in the kernel (proc(5): utime,
+    stime): the kernel's share is the datagrams' way through it, which a server's code
+    does not change; the rest is its own."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -271,8 +274,14 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
         fields_ = stat[stat.rfind(")") + 2:].split()
-        total += int(fields_[11]) + int(fields_[12])  # utime, stime
-    return total / tick
+        user += int(fields_[11])
+        system += int(fields_[12])
+    return user / tick, system / tick
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    user, system = cpu_times(pids)
+    return user + system
 
 
 def status_kb(pid: int, key: str) -> int | None:
@@ -508,6 +517,9 @@ class Server:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pids())
+
+    def cpu_times(self) -> tuple[float, float]:
+        return cpu_times(self.pids())
 
     def memory_kb(self) -> int:
         raise NotImplementedError
@@ -822,6 +834,7 @@ class Step:
     sipp_cpu_cores: float | None
     server_udp_drops: int | None = None   # datagrams dropped on the server's full socket
     other_cpu_cores: float | None = None  # every other process on the machine (interference)
+    server_kernel_cores: float | None = None  # of server_cpu_cores, in the kernel (stime)
 
 
 def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate: int,
@@ -833,7 +846,7 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
     # open scenarios allowed per SIPp: far above what a server that keeps up needs, and
     # below the open-files limit SIPp checks it against
     limit = min(18000, int(rate * (hold_s + 5)) + 500)
-    cpu0 = server.cpu() if server else None
+    times0 = server.cpu_times() if server else None
     server_pids = server.pids() if server else None
     drops0 = udp_drops(target_port, server_pids) if target_port else 0
     kids0 = children_cpu()
@@ -857,7 +870,7 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
         for r in runs:
             stop(r.proc, grace=3.0)
     wall = time.monotonic() - t0
-    cpu1 = server.cpu() if server else None
+    times1 = server.cpu_times() if server else None
     table1 = process_cpu_table()
     ours = {r.proc.pid for r in runs} | {p.pid for p in _live.values()}
     if server and server.proc:
@@ -868,10 +881,13 @@ def load_step(*, scenario: str, target_port: int | None, csvs: list[Path], rate:
         total_out.add(outcome_of(r, hold_s, seconds))
     ok, why = passes(rate, total_out, settings, seconds, drops)
     busy = max(wall, 1e-6)
-    return Step(rate, ok, why, asdict(total_out), n,
-                round((cpu1 - cpu0) / busy, 2) if server and cpu0 is not None else None,
+    server_cores = kernel_cores = None
+    if times0 is not None and times1 is not None:
+        server_cores = round((sum(times1) - sum(times0)) / busy, 2)
+        kernel_cores = round((times1[1] - times0[1]) / busy, 3)
+    return Step(rate, ok, why, asdict(total_out), n, server_cores,
                 round((children_cpu() - kids0) / busy, 2), drops,
-                round(other_cpu_seconds(table0, table1, ours) / busy, 2))
+                round(other_cpu_seconds(table0, table1, ours) / busy, 2), kernel_cores)
 
 
 def sipp_ports(n: int, processes: int) -> list[int]:
@@ -901,8 +917,12 @@ def _log_step(label: str, step: Step, extra: str = "") -> None:
         f"{o['successful']}/{o['started']} ok, started {o['create_rate']:.0f}/s, "
         f"tail {o['tail_s']:.2f} s, {o['retransmissions']} retransmissions, "
         f"server {step.server_cpu_cores if step.server_cpu_cores is not None else '-'} "
-        f"cores, SIPp {step.sipp_cpu_cores} cores, {step.server_udp_drops} dropped, "
+        f"cores{_kernel_text(step.server_kernel_cores)}, SIPp {step.sipp_cpu_cores} cores, {step.server_udp_drops} dropped, "
         f"other processes {step.other_cpu_cores} cores{extra}")
+
+
+def _kernel_text(cores: float | None) -> str:
+    return f" ({cores} in the kernel)" if cores is not None else ""
 
 
 def ladder(rates: list[int], run_one: Callable[[int], Step], label: str,
@@ -1508,7 +1528,8 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def cpu_per_operation(results: dict[str, Any]) -> list[str]:
     """Notes: each server's CPU per registration and per call at its highest passing rate
-    (its processes' CPU over the step / the offered rate)."""
+    (its processes' CPU over the step / the offered rate), and how much of it was in the
+    kernel: where two servers differ, the rest (their own code) is what differs."""
     notes = []
     for key, what in (("registrations", "registration"), ("calls", "call")):
         parts = []
@@ -1523,7 +1544,10 @@ def cpu_per_operation(results: dict[str, Any]) -> list[str]:
                 else None
             if step and step.get("server_cpu_cores"):
                 us = step["server_cpu_cores"] / fig * 1e6
-                parts.append(f"{label} {us:.0f} us at {fig:,}/s")
+                kernel = step.get("server_kernel_cores")
+                within = f" ({kernel / fig * 1e6:.0f} in the kernel)" if kernel is not None \
+                    else ""
+                parts.append(f"{label} {us:.0f} us{within} at {fig:,}/s")
         if parts:
             notes.append(f"CPU per {what}: " + ", ".join(parts))
     return notes
