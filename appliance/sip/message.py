@@ -847,6 +847,17 @@ class Response(Message):
 
 # -- parsing ------------------------------------------------------------------
 
+# The header names parse_message met last, as written, with their keys, by slot: a
+# name's length (its line's colon, under 32) and its first and last letters mixed into
+# 7 bits, as express.read_head's `HeaderTable.spelled`. A line that starts with the name
+# in its slot has that name (the slot fixes its length): found by `startswith`, with no
+# slice to hash and look up. One tuple per slot, read once: a name never pairs with
+# another's key. ":" starts no line (a name is not empty).
+_SPELLED_SLOTS: Final = 32 << 7
+_NOT_SPELLED: Final = (":", "")
+_SPELLED: Final[list[tuple[str, str]]] = [_NOT_SPELLED] * _SPELLED_SLOTS
+
+
 # A tuple, not `bytes | bytearray | memoryview`: compiled, the union was built anew in
 # every call (two `|` operations, ~900 instructions a message, callgrind).
 _BYTES_LIKE: Final = (bytes, bytearray, memoryview)
@@ -883,10 +894,12 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
     items: list[tuple[str, str]] = []
     index: dict[str, tuple[str, ...]] | None = {}
     keys = _KEYS
+    spelled = _SPELLED
     for line in lines[1:]:
         if not line:
             continue
-        if line[0] in " \t":
+        first = line[0]
+        if first == " " or first == "\t":
             if not items:
                 raise ParseError("Continuation line without a header")
             last, value = items[-1]
@@ -896,13 +909,21 @@ def parse_message(data: bytes, stream: bool = False) -> Request | Response:
         colon = line.find(":")
         if colon <= 0:
             raise ParseError("Malformed header line")
-        name = line[:colon]
-        key = keys.get(name)
-        if key is None:
-            name = name.rstrip(" \t")
-            if not _is_token(name):
-                raise ParseError("Malformed header name")
-            key = _key(name)
+        slot = (colon << 7) | ((ord(first) + 3 * ord(line[colon - 1])) & 127)
+        seen = spelled[slot] if slot < _SPELLED_SLOTS else _NOT_SPELLED
+        if line.startswith(seen[0]):
+            key = seen[1]  # the name last seen in this slot: the same text, the same key
+        else:
+            name = line[:colon]
+            known = keys.get(name)
+            if known is None:
+                stripped = name.rstrip(" \t")
+                if not _is_token(stripped):
+                    raise ParseError("Malformed header name")
+                known = _key(stripped)
+            key = known
+            if slot < _SPELLED_SLOTS:
+                spelled[slot] = (name, known)
         value = line[colon + 1 :].strip(" \t")
         items.append((key, value))
         if index is not None:
