@@ -18,7 +18,7 @@ import atexit
 import contextlib
 import logging
 import time
-from typing import Final, TextIO
+from typing import TextIO
 
 _PADDED = {name: name.ljust(5) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 _handler: LogLines | None = None  # the daemon's (setup_logging), once installed
@@ -36,8 +36,7 @@ def info(logger: logging.Logger, msg: str, *args: object) -> None:
     handler = _handler
     if (handler is not None and logger.isEnabledFor(logging.INFO)
             and handler.level <= logging.INFO and _sole(logger, handler)):
-        handler.write(handler.line(time.time(), "INFO", logger.name, msg % args if args else msg),
-                      False)
+        handler.write(handler.line(time.time(), "INFO", logger.name, msg % args if args else msg))
     else:
         logger.info(msg, *args)
 
@@ -56,27 +55,19 @@ def _sole(logger: logging.Logger, handler: logging.Handler) -> bool:
     return False
 
 
-# How long an INFO line waits for others to leave with. A call logs three, each in its
-# own turn of the event loop: at 400 calls/s a write at the end of each turn was 1,200
-# writes a second, 3.5% of the daemon's CPU (perf, docs/performance.md); within 50 ms
-# they are 20. The line keeps the time it was made.
-LINGER_S: Final = 0.05
-
-
 class LogLines(logging.Handler):
-    """The log's handler: one line per record, "time LEVEL name: message". Under a
-    running loop, lines leave together in one write: a warning or an error, and every
-    line waiting with it, at the end of its loop turn, like the UDP datagrams; INFO
-    lines alone within LINGER_S. Outside a running loop (start-up, executor threads)
-    they leave at once, and at exit. The time is formatted once a second, the line with
-    one f-string: logging's generic Formatter cost as much as the rest of the record."""
+    """The log's handler: one line per record, "time LEVEL name: message", and the lines
+    of one turn of the event loop leave in one write at its end, like the UDP datagrams
+    (a call logs three lines; a write each was 4% of the CPU at 1,500 calls/s). Outside
+    a running loop (start-up, executor threads) they leave at once, and at exit. The
+    time is formatted once a second, the line with one f-string: logging's generic
+    Formatter cost as much as the rest of the record."""
 
     def __init__(self, out: TextIO, prefix: str = "") -> None:
         super().__init__()
         self.out = out
         self.prefix = prefix       # what marks a worker's lines ("worker 1 ")
         self.lines: list[str] = []
-        self._soon = False         # a flush at the end of this loop turn is due
         self._second = -1
         self._stamp = ""
         self._tracebacks = logging.Formatter()
@@ -96,7 +87,7 @@ class LogLines(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        self.write(line, record.levelno >= logging.WARNING)
+        self.write(line)
 
     def line(self, created: float, level: str, name: str, message: str) -> str:
         """The line of a record made at `created` (time.time()), as LogRecord takes it
@@ -111,33 +102,17 @@ class LogLines(logging.Handler):
         return (f"{self._stamp},{str(1000 + msecs)[1:]} {_PADDED.get(level) or level.ljust(5)}"
                 f" {self.prefix}{name}: {message}\n")
 
-    def write(self, text: str, urgent: bool = True) -> None:
-        """Queue `text`; `urgent` (a warning or worse): out at the end of this loop
-        turn, else within LINGER_S."""
-        lines = self.lines
-        if lines and (self._soon or not urgent):
-            lines.append(text)  # a flush is due that takes it along
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            if lines:
-                lines.append(text)
+    def write(self, text: str) -> None:
+        if not self.lines:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                with contextlib.suppress(OSError, ValueError):
+                    self.out.write(text)
+                    self.out.flush()
                 return
-            with contextlib.suppress(OSError, ValueError):
-                self.out.write(text)
-                self.out.flush()
-            return
-        lines.append(text)
-        if urgent:
-            self._soon = True
-            loop.call_soon(self._flush_soon)
-        else:
-            loop.call_later(LINGER_S, self.flush_now)
-
-    def _flush_soon(self) -> None:
-        self._soon = False
-        self.flush_now()
+            loop.call_soon(self.flush_now)
+        self.lines.append(text)
 
     def flush_now(self) -> None:
         if self.lines:

@@ -49,41 +49,6 @@ def test_the_lines_of_one_loop_turn_leave_in_one_write() -> None:
     assert re.fullmatch(stamp + rf" WARNING worker 1 {log.name}: second", lines[1]), lines[1]
 
 
-def test_info_lines_of_several_turns_wait_together_and_a_warning_takes_them_along() -> None:
-    """A call's three INFO lines come in three loop turns: they leave in one write
-    within LINGER_S, not one each; a warning leaves at the end of its turn, with the
-    INFO lines queued before it, in order."""
-    out = Counting()
-    log = _logger(out)
-
-    async def turns() -> None:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        for n in range(3):
-            log.info("line %d", n)
-            await asyncio.sleep(0)
-        assert out.writes == 0  # still waiting for more
-        while out.writes == 0:
-            await asyncio.sleep(0.005)
-        waited = loop.time() - t0
-        assert loglines.LINGER_S * 0.9 <= waited < loglines.LINGER_S + 0.5, waited
-        assert out.writes == 1
-        assert [line.rsplit(": ", 1)[1] for line in out.getvalue().splitlines()] == \
-            ["line 0", "line 1", "line 2"]
-        log.info("queued")
-        await asyncio.sleep(0)
-        log.warning("urgent")
-        assert out.writes == 1
-        await asyncio.sleep(0)
-        assert out.writes == 2  # the end of the warning's turn, the INFO line before it
-        assert out.getvalue().splitlines()[-2:][0].endswith(": queued")
-        assert out.getvalue().splitlines()[-1].endswith(": urgent")
-        await asyncio.sleep(loglines.LINGER_S * 2)
-        assert out.writes == 2  # the INFO line's own flush found nothing left
-
-    asyncio.run(turns())
-
-
 def test_outside_a_loop_a_line_leaves_at_once_with_its_traceback() -> None:
     out = Counting()
     log = _logger(out)
