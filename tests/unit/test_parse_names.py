@@ -15,6 +15,7 @@ import random
 import pytest
 
 from appliance.sip.message import _key, parse_message
+from tests.unit.test_express_head import twin  # the same slot's mix as read_head's
 
 
 def plain(lines: list[str]) -> list[tuple[str, str]]:
@@ -28,17 +29,6 @@ def plain(lines: list[str]) -> list[tuple[str, str]]:
 def parsed(lines: list[str]) -> list[tuple[str, str]]:
     data = ("OPTIONS sip:b@h SIP/2.0\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode()
     return list(parse_message(data).headers.items())
-
-
-def twin(name: str) -> str:
-    """Another name in `name`'s slot: the same length, other first and last letters
-    whose mix is the same ((first + 3 * last) & 127)."""
-    target = (ord(name[0]) + 3 * ord(name[-1])) & 127
-    for last in "abcdefghijklmnopqrstuvwxyz":
-        first = chr((target - 3 * ord(last)) & 127)
-        if first.isascii() and first.isalpha() and last != name[-1]:
-            return first + name[1:-1] + last
-    raise AssertionError(name)
 
 
 # (not Content-Length: a second one is refused, and it bounds the body)
