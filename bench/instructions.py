@@ -28,7 +28,7 @@ the kernel's part, the same datagrams through the same loopback for both servers
 not in it. (callgrind_control cannot reach a forked child, so no counts are read while
 a server runs.)
 
-It prints one table (load, appliance, Kamailio, ratio) and writes it as JSON under
+It prints one table (load, appliance, Kamailio, ratio, yardstick) and writes it as JSON under
 bench/results/instructions-<timestamp>.json.
 """
 
@@ -39,6 +39,7 @@ import datetime as dt
 import json
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -149,7 +150,7 @@ def run_once(server: bench.Server, load: str, rate: float, plan: Plan, b: bench.
         # each process writes its counts as it exits: let every one of them finish
         pids = server.pids()
         if server.proc is not None:
-            bench._killpg(server.proc.pid, bench.signal.SIGTERM)
+            bench._killpg(server.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 300
         while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
             if server.proc is not None:
