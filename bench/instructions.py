@@ -2,7 +2,7 @@
 """Instructions per registration and per call, on the wire, for the daemon and Kamailio
 (and per registration for issue 3's yardstick, bench/throwaway_registrar.py).
 
-    .venv/bin/python bench/instructions.py                 # both loads (about 20 minutes)
+    .venv/bin/python bench/instructions.py                 # both loads (about 15 minutes)
     .venv/bin/python bench/instructions.py --only calls --keep
 
 bench/run.py measures rates and CPU seconds, and on this machine a CPU second is not the
