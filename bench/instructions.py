@@ -108,22 +108,10 @@ def run_once(server: bench.Server, load: str, rate: float, plan: Plan, b: bench.
     d = server.workdir
     callee = None
     try:
-        t0 = time.monotonic()
-        server.prepare()
-        server.proc = bench.spawn(server.argv(), d, "server")
         # under callgrind the first OPTIONS takes tens of seconds to be answered
-        bench.wait_options_200(server.port, server.proc, t0, timeout=600.0, every=0.5)
+        server.start(timeout=600.0, every=0.5)
         if load == "calls":
-            port = bench.free_udp_port()
-            csv = bench.write_register_csv(d / "callees.csv", b.callee_users,
-                                           b.callee_users.numbers())
-            reg = bench.start_sipp("register.xml", workdir=d, name="callee-register",
-                                   target_port=server.port, local_port=port, csv=csv,
-                                   rate=50, calls=b.s.callees, timeout_s=120)
-            reg.proc.wait(180)
-            callee = bench.start_sipp("call_callee.xml", workdir=d, name="callee",
-                                      target_port=None, local_port=port)
-            time.sleep(1.0)
+            callee = b.start_callees(server, rate=50, timeout_s=120)
             step = bench.load_step(
                 scenario="call_caller.xml", target_port=server.port, csvs=b._caller_csvs(d, 1),
                 rate=int(rate), seconds=plan.seconds, hold_s=b.s.call_hold_s, workdir=d,

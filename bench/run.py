@@ -486,13 +486,14 @@ class Server:
     def prepare(self) -> None:
         pass
 
-    def start(self) -> float:
-        """Start and wait for the first 200 to OPTIONS; returns the seconds that took."""
+    def start(self, timeout: float = 30.0, every: float = 0.010) -> float:
+        """Start and wait for the first 200 to OPTIONS (polled every `every` s, for up to
+        `timeout` s); returns the seconds that took."""
         self.prepare()
         t0 = time.monotonic()
         self.proc = spawn(self.argv(), self.workdir, "server")
         try:
-            self.started_in = wait_options_200(self.port, self.proc, t0)
+            self.started_in = wait_options_200(self.port, self.proc, t0, timeout, every)
         except BaseException:
             self.stop()
             raise
@@ -581,11 +582,11 @@ class Appliance(Server):
         return head + ["run", "--data", str(self.data), "--bind", LOOPBACK,
                        "--sip-port", str(self.port), "--tls-port", str(self.tls_port)]
 
-    def start(self) -> float:
+    def start(self, timeout: float = 30.0, every: float = 0.010) -> float:
         """The daemon answers OPTIONS before its workers have joined the port: wait for
         them too (start-up is measured on the factory configuration, without workers),
         so that the load finds every process serving."""
-        took = super().start()
+        took = super().start(timeout, every)
         deadline = time.monotonic() + 20.0
         while self.workers and time.monotonic() < deadline:
             err = (self.workdir / "server.err").read_text(errors="replace")
@@ -1165,6 +1166,30 @@ class Bench:
         return [write_caller_csv(d / f"callers-{parts}-{i}.csv", users, chunk, callees)
                 for i, chunk in enumerate(split(callers, parts))]
 
+    def start_callees(self, server: Server, rate: int = 200, timeout_s: float = 30.0
+                      ) -> SippRun:
+        """Register every callee extension (at `rate`, within `timeout_s`) from the port
+        the callee SIPp then answers on, and start that SIPp."""
+        d = server.workdir
+        port = free_udp_port()
+        csv = write_register_csv(d / "callees.csv", self.callee_users,
+                                 self.callee_users.numbers())
+        reg = start_sipp("register.xml", workdir=d, name="callee-register",
+                         target_port=server.port, local_port=port, csv=csv,
+                         rate=rate, calls=self.s.callees, timeout_s=timeout_s)
+        reg.proc.wait(timeout_s + 15)
+        o = outcome_of(reg, 0.0)
+        if o.successful != self.s.callees:
+            raise RuntimeError(f"{server.label}: only {o.successful} of "
+                               f"{self.s.callees} callees registered; see {d}")
+        callee = start_sipp("call_callee.xml", workdir=d, name="callee",
+                            target_port=None, local_port=port)
+        time.sleep(0.5)
+        if callee.proc.poll() is not None:
+            stop(callee.proc)
+            raise RuntimeError(f"callee SIPp exited: see {d}/callee.err")
+        return callee
+
     def calls(self) -> None:
         res: dict[str, Any] = {}
         users = self.reg_users + self.callee_users
@@ -1177,24 +1202,7 @@ class Bench:
                 d = server.workdir
                 server.start()
                 server.measure_receive_buffer()
-                callee_port = free_udp_port()
-                # register every callee extension from the port the callee SIPp will answer on
-                csv = write_register_csv(d / "callees.csv", self.callee_users,
-                                         self.callee_users.numbers())
-                reg = start_sipp("register.xml", workdir=d, name="callee-register",
-                                 target_port=server.port, local_port=callee_port, csv=csv,
-                                 rate=200, calls=self.s.callees, timeout_s=30)
-                reg.proc.wait(45)
-                o = outcome_of(reg, 0.0)
-                if o.successful != self.s.callees:
-                    raise RuntimeError(f"{server.label}: only {o.successful} of "
-                                       f"{self.s.callees} callees registered; see {d}")
-                callee = start_sipp("call_callee.xml", workdir=d, name="callee",
-                                    target_port=None, local_port=callee_port)
-                callees.append(callee)
-                time.sleep(0.5)
-                if callee.proc.poll() is not None:
-                    raise RuntimeError(f"callee SIPp exited: see {d}/callee.err")
+                callees.append(self.start_callees(server))
                 climbs.append(Climb(server, lambda rate, server=server, d=d: load_step(
                     scenario="call_caller.xml", target_port=server.port,
                     csvs=self._caller_csvs(d, self._sipp_split(rate, "calls")),
